@@ -1,0 +1,1 @@
+"""One module per `cellfm` subcommand; see `cellfm.cli`."""

@@ -1,0 +1,74 @@
+"""Multi-head self-attention with one fused `qkv` projection (rows ordered q | k | v).
+
+The kernel is chosen per module by `backend`:
+- "sdpa" (default): `torch.nn.functional.scaled_dot_product_attention`, which picks flash /
+  memory-efficient / math kernels on any device.
+- "xformers": `xformers.ops.memory_efficient_attention`, used only for CUDA tensors when xformers
+  is installed; CPU tensors always take SDPA because xformers has no CPU kernels.
+Switch a whole model with `cellfm.models.set_attention_backend(model, name)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("sdpa", "xformers")
+
+
+def load_xformers_ops() -> ModuleType | None:
+    """The `xformers.ops` module, or None when xformers is not installed or fails to import."""
+    try:
+        return importlib.import_module("xformers.ops")
+    except Exception:  # noqa: BLE001 - a broken xformers build must not break cellfm
+        return None
+
+
+def xformers_attention(ops: ModuleType, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention through xformers; q, k, v are (B, heads, N, head_dim) as for SDPA.
+
+    xformers expects (B, N, heads, head_dim) and returns the same layout.
+    """
+    out = ops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.backend = "sdpa"
+        self._xformers_ops: ModuleType | None = None
+
+    def set_backend(self, backend: str, ops: ModuleType | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+        if backend == "xformers":
+            ops = ops or load_xformers_ops()
+            if ops is None:
+                raise RuntimeError(
+                    "attention backend 'xformers' was asked for but xformers is not installed "
+                    "(pip install 'cellfm[xformers]'); the default 'sdpa' backend needs nothing extra"
+                )
+        self.backend = backend
+        self._xformers_ops = ops
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.backend == "xformers" and x.is_cuda and attn_mask is None:
+            out = xformers_attention(self._xformers_ops, q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))

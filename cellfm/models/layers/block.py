@@ -1,0 +1,62 @@
+"""Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention
+from .drop_path import drop_path, subset_residual
+from .layer_scale import LayerScale
+from .mlp import Mlp
+from .swiglu import SwiGLU, swiglu_hidden_dim
+
+# Above this rate the subset form of stochastic depth saves more than its gather/scatter costs.
+SUBSET_DROP_PATH_THRESHOLD = 0.1
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        ffn: str = "mlp",
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+        init_values: float | None = None,
+        drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        if ffn == "mlp":
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
+        elif ffn == "swiglu":
+            self.mlp = SwiGLU(dim, swiglu_hidden_dim(dim, mlp_ratio), bias=ffn_bias)
+        else:
+            raise ValueError(f"unknown ffn {ffn!r}; expected 'mlp' or 'swiglu'")
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path_rate = drop_path_rate
+
+    def _attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ls1(self.attn(self.norm1(x)))
+
+    def _ffn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        p = self.drop_path_rate if self.training else 0.0
+        if attn_mask is not None:
+            # Packed sequences share one batch row: stochastic depth per sample does not apply.
+            x = x + self.ls1(self.attn(self.norm1(x), attn_mask))
+            return x + self._ffn_branch(x)
+        if p > SUBSET_DROP_PATH_THRESHOLD:
+            x = subset_residual(x, self._attn_branch, p)
+            return subset_residual(x, self._ffn_branch, p)
+        x = x + drop_path(self._attn_branch(x), p, self.training)
+        return x + drop_path(self._ffn_branch(x), p, self.training)

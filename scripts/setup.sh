@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up cellfm for development from a fresh clone: .venv with every extra, the test oracle, Xvfb.
+#   CELLFM_TORCH   torch requirement to install first (default torch==2.13.0, the CPU build this
+#                  project is tested with; set e.g. CELLFM_TORCH=torch to take your platform's build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${CELLFM_TORCH:-torch==2.13.0}"
+
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "[setup] installing $TORCH_SPEC"
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+echo "[setup] installing cellfm (editable) with the napari and dev extras"
+.venv/bin/python -m pip install -q -e ".[napari,dev]"
+# The official DINOv2 code is the tests' oracle; its metadata pins torch 2.0, so no dependencies.
+echo "[setup] installing the test oracle dinov2==0.0.1.dev2 (--no-deps)"
+.venv/bin/python -m pip install -q --no-deps dinov2==0.0.1.dev2
+
+# napari tests need an X server (pytest-xvfb starts Xvfb when it is installed).
+if ! command -v Xvfb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing xvfb"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null
+    else
+        echo "[setup] warning: Xvfb not found; napari tests need it (apt-get install xvfb)" >&2
+    fi
+fi
+echo "[setup] done: .venv/bin/cellfm is ready"

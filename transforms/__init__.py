@@ -1,0 +1,1 @@
+"""Multi-channel microscopy augmentations and multi-crop (imported as `cellfm.transforms`)."""
