@@ -1,0 +1,1 @@
+"""The DINOv2 self-supervised and distillation engine: heads, losses, schedules, student/teacher."""

@@ -1,0 +1,71 @@
+"""DINO loss: cross-entropy between sharpened teacher probabilities and student log-probabilities
+of the CLS tokens, over every (student crop, teacher global crop) pair of different views."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .teacher_targets import Centering, sinkhorn_knopp
+
+
+class DINOLoss(nn.Module):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.centering = Centering(out_dim, center_momentum)
+
+    @property
+    def center(self) -> torch.Tensor:
+        return self.centering.center
+
+    @torch.no_grad()
+    def teacher_probs(
+        self, teacher_logits: torch.Tensor, temp: float, method: str = "centering"
+    ) -> torch.Tensor:
+        """Teacher targets (B, K): centred softmax (and queue the centre update) or Sinkhorn-Knopp."""
+        if method == "centering":
+            probs = self.centering.softmax(teacher_logits, temp)
+            self.centering.update(teacher_logits.sum(dim=0, keepdim=True), len(teacher_logits))
+            return probs
+        if method == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_logits, temp)
+        raise ValueError(f"unknown teacher target method {method!r}; use 'centering' or 'sinkhorn_knopp'")
+
+    def cross_entropy(
+        self, student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """-sum over pairs of mean_b sum_k t log softmax(s / T_s)."""
+        total = student_logits[0].new_zeros(())
+        for s in student_logits:
+            lsm = F.log_softmax(s.float() / self.student_temp, dim=-1)
+            for t in teacher_probs:
+                total = total - (t * lsm).sum(dim=-1).mean()
+        return total
+
+    def forward(
+        self,
+        student_global: torch.Tensor,
+        student_local: torch.Tensor | None,
+        teacher_probs: torch.Tensor,
+        n_global: int = 2,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global term, local term), each divided by the number of pairs as the official code does.
+
+        `student_global` is (n_global * B, K) crop-major; `teacher_probs` the same layout, computed from
+        the teacher's global crops. Global crops are compared to the teacher's *other* view (swap);
+        the global term is multiplied by 2 like the official code. Local crops are compared with
+        every teacher global crop.
+        """
+        n_local_chunks = (
+            0 if student_local is None else len(student_local) // (len(student_global) // n_global)
+        )
+        n_terms = (n_global - 1) * n_global + max(n_local_chunks * n_global, 1)
+        teacher_chunks = list(teacher_probs.chunk(n_global))
+        swapped = torch.cat(teacher_chunks[1:] + teacher_chunks[:1]) if n_global > 1 else teacher_probs
+        global_term = self.cross_entropy([student_global], [swapped]) * 2 / n_terms
+        if not n_local_chunks:
+            return global_term, global_term.new_zeros(())
+        local_term = self.cross_entropy(list(student_local.chunk(n_local_chunks)), teacher_chunks) / n_terms
+        return global_term, local_term

@@ -1,0 +1,97 @@
+"""Teacher-side targets shared by the DINO and iBOT losses: EMA centering and Sinkhorn-Knopp.
+
+Both reduce over the global batch when torch.distributed is initialised, so every rank sees the
+same targets as one process with the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if _world() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _global_logsumexp(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """log(sum(exp(x))) over all of `x` (dim None) or along `dim`, summed across ranks."""
+    peak = x.max() if dim is None else x.max(dim=dim, keepdim=True).values
+    peak = peak.detach().clone()
+    if _world() > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = (x - peak).exp().sum() if dim is None else (x - peak).exp().sum(dim=dim, keepdim=True)
+    return peak + _all_reduce(total).log()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(
+    logits: torch.Tensor, temp: float, n_iterations: int = 3, n_samples: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Balanced soft assignments (rows sum to 1) of `logits` (B, K), computed in fp32.
+
+    The same iterations as DINOv2 (normalise the total, then prototypes, then samples), done in the
+    log domain so that exp() never overflows or underflows (the official code returns NaN once
+    logits / temp exceeds ~88). `n_samples` is this rank's number of valid rows (iBOT's variable
+    masked-token count); it is summed over ranks to get the global batch size.
+    """
+    log_q = logits.float().t() / temp  # (K, B)
+    if n_samples is None:
+        total = float(log_q.shape[1] * _world())
+    else:
+        n = torch.as_tensor(n_samples, device=log_q.device, dtype=torch.float32).clone()
+        total = _all_reduce(n).item()
+    k = log_q.shape[0]
+    log_q = log_q - _global_logsumexp(log_q)
+    for _ in range(n_iterations):
+        log_q = log_q - _global_logsumexp(log_q, dim=1) - math.log(k)
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(total)
+    return (log_q + math.log(total)).exp().t()
+
+
+class Centering(nn.Module):
+    """EMA of the batch-mean teacher logits, subtracted before the sharpened softmax.
+
+    As in DINOv2 the update computed at step t is applied at the start of step t + 1 (one-step
+    lag), so the reduction of step t can overlap the rest of that step.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+        self._pending: tuple[torch.Tensor, int, object] | None = None
+
+    @torch.no_grad()
+    def softmax(self, logits: torch.Tensor, temp: float) -> torch.Tensor:
+        self.apply_update()
+        return F.softmax((logits - self.center) / temp, dim=-1)
+
+    @torch.no_grad()
+    def update(self, batch_sum: torch.Tensor, count: int) -> None:
+        """Queue the batch sum of teacher logits over `count` rows (reduced over ranks)."""
+        batch_sum = batch_sum.detach().float().clone()
+        handle = dist.all_reduce(batch_sum, async_op=True) if _world() > 1 else None
+        self._pending = (batch_sum, count, handle)
+
+    @torch.no_grad()
+    def apply_update(self) -> None:
+        if self._pending is None:
+            return
+        batch_sum, count, handle = self._pending
+        if handle is not None:
+            handle.wait()
+        mean = batch_sum / (count * _world())
+        self.center.mul_(self.momentum).add_(mean.to(self.center.dtype), alpha=1 - self.momentum)
+        self._pending = None
