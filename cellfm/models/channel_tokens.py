@@ -80,9 +80,22 @@ class ChannelTokensViT(VisionTransformer):
         tokens = self.prepare_tokens_with_masks(x, masks, channel_ids)
         for blk in self.blocks:
             tokens = blk(tokens)
-        out = self._named_outputs(tokens, masks)
+        return self._split_channels(self._named_outputs(tokens, masks), x.shape[1])
+
+    def forward_features_list(self, xs, masks_list=None) -> list[dict]:
+        masks_list = masks_list or [None] * len(xs)
+        tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
+        for blk in self.blocks:
+            tokens = blk.forward_packed(tokens)
+        return [
+            self._split_channels(self._named_outputs(t, m), x.shape[1])
+            for t, m, x in zip(tokens, masks_list, xs)
+        ]
+
+    @staticmethod
+    def _split_channels(out: dict, c: int) -> dict:
         patches = out["x_norm_patchtokens"]
-        per_channel = patches.reshape(patches.shape[0], x.shape[1], -1, patches.shape[-1])
+        per_channel = patches.reshape(patches.shape[0], c, -1, patches.shape[-1])
         out["x_norm_channel_patchtokens"] = per_channel
         out["x_norm_patchtokens"] = per_channel.mean(dim=1)
         return out

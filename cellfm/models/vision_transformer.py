@@ -176,6 +176,18 @@ class VisionTransformer(nn.Module):
             x = blk(x)
         return self._named_outputs(x, masks)
 
+    def forward_features_list(
+        self, xs: list[torch.Tensor], masks_list: list[torch.Tensor | None] | None = None
+    ) -> list[dict]:
+        """`forward_features` for several batches of different sizes (e.g. global and local crops)
+        in one pass: every block runs its linear layers once over all tokens (see Block.forward_packed).
+        Equal to calling `forward_features` on each batch."""
+        masks_list = masks_list or [None] * len(xs)
+        tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
+        for blk in self.blocks:
+            tokens = blk.forward_packed(tokens)
+        return [self._named_outputs(t, m) for t, m in zip(tokens, masks_list)]
+
     def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
         p = self.patch_size
         return -(-x.shape[-2] // p), -(-x.shape[-1] // p)

@@ -63,12 +63,24 @@ class Attention(nn.Module):
         self.backend = backend
         self._xformers_ops = ops
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        if self.backend == "xformers" and x.is_cuda and attn_mask is None:
+    def _attend(self, qkv: torch.Tensor, b: int, n: int) -> torch.Tensor:
+        """(B*N, 3D) projections of one group of sequences -> (B*N, D) attention outputs."""
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.backend == "xformers" and qkv.is_cuda:
             out = xformers_attention(self._xformers_ops, q, k, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+            out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(b * n, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return self.proj(self._attend(self.qkv(x), b, n)).reshape(b, n, d)
+
+    def forward_packed(self, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """Attention over several groups of sequences packed as one (sum B_i*N_i, D) tensor.
+
+        The qkv and output projections run once over all tokens (one large matmul each); attention
+        runs once per group of equal-length sequences, never across groups.
+        """
+        qkv = self.qkv(flat).split([b * n for b, n in shapes])
+        return self.proj(torch.cat([self._attend(q, b, n) for q, (b, n) in zip(qkv, shapes)]))

@@ -49,14 +49,50 @@ class Block(nn.Module):
     def _ffn_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.drop_path_rate if self.training else 0.0
-        if attn_mask is not None:
-            # Packed sequences share one batch row: stochastic depth per sample does not apply.
-            x = x + self.ls1(self.attn(self.norm1(x), attn_mask))
-            return x + self._ffn_branch(x)
         if p > SUBSET_DROP_PATH_THRESHOLD:
             x = subset_residual(x, self._attn_branch, p)
             return subset_residual(x, self._ffn_branch, p)
         x = x + drop_path(self._attn_branch(x), p, self.training)
         return x + drop_path(self._ffn_branch(x), p, self.training)
+
+    # -- several crop sizes at once ---------------------------------------------------------
+    def forward_packed(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The block over groups of sequences of different lengths (e.g. global and local crops).
+
+        Norms, projections and the MLP run once over all tokens of all groups; attention runs per
+        group. Stochastic depth keeps its per-sample semantics: above the subset threshold only the
+        kept samples of each group are packed and computed.
+        """
+        xs = self._packed_residual(xs, self._attn_packed)
+        return self._packed_residual(xs, self._ffn_packed)
+
+    def _attn_packed(self, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        return self.ls1(self.attn.forward_packed(self.norm1(flat), shapes))
+
+    def _ffn_packed(self, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        return self.ls2(self.mlp(self.norm2(flat)))
+
+    def _packed_residual(self, xs: list[torch.Tensor], branch) -> list[torch.Tensor]:
+        p = self.drop_path_rate if self.training else 0.0
+        subsets = [None] * len(xs)
+        if p > SUBSET_DROP_PATH_THRESHOLD:
+            subsets = [
+                torch.randperm(x.shape[0], device=x.device)[: max(int(x.shape[0] * (1 - p)), 1)] for x in xs
+            ]
+        inputs = [x if idx is None else x[idx] for x, idx in zip(xs, subsets)]
+        shapes = [(t.shape[0], t.shape[1]) for t in inputs]
+        flat = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs])
+        residuals = branch(flat, shapes).split([b * n for b, n in shapes])
+        out = []
+        for x, idx, r, (b, n) in zip(xs, subsets, residuals, shapes):
+            r = r.reshape(b, n, -1)
+            if idx is None:
+                out.append(x + drop_path(r, p, self.training))
+            else:
+                scale = x.shape[0] / b
+                out.append(
+                    torch.index_add(x.flatten(1), 0, idx, r.flatten(1).to(x.dtype), alpha=scale).view_as(x)
+                )
+        return out
