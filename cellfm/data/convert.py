@@ -1,0 +1,157 @@
+"""TIFF files -> OME-Zarr HCS plate, resumable: a field is done once its completion marker exists."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import fsspec
+import numpy as np
+import tifffile
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+from cellfm.data import writer
+from cellfm.data.stores import check_dtype
+from cellfm.data.tiff_ingest import TiffRecord, group_fields
+
+log = logging.getLogger(__name__)
+MARKER = ".cellfm-complete"
+PLAN_KEY = "cellfm_convert"
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion did: fields written now, fields already complete, output path."""
+
+    out: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)
+
+
+def _tiff_info(path: str) -> tuple[tuple[int, ...], np.dtype, list[str] | None]:
+    """Shape, dtype and OME channel names of a TIFF's first series, without reading pixels."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        names = None
+        if tif.is_ome:
+            try:
+                image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+                chans = (image[0] if isinstance(image, list) else image)["Pixels"].get("Channel", [])
+                names = [str(c.get("Name", "")) for c in (chans if isinstance(chans, list) else [chans])]
+            except (KeyError, TypeError, IndexError):
+                names = None
+        return tuple(series.shape), np.dtype(series.dtype), names
+
+
+def _as_cyx(shape: tuple[int, ...], path: str) -> tuple[int, int, int]:
+    squeezed = [s for s in shape[:-2] if s != 1]
+    if len(squeezed) > 1:
+        raise ValueError(f"{path}: TIFF shape {shape} has more than one non-singleton leading axis")
+    return (squeezed[0] if squeezed else 1), shape[-2], shape[-1]
+
+
+def _lazy_field(files: list[str], shape: tuple[int, int, int], dtype: np.dtype) -> da.Array:
+    """A (C, H, W) dask array reading each TIFF only when computed."""
+    parts = []
+    for path in files:
+        c, h, w = _as_cyx(_tiff_info(path)[0], path)
+        if (h, w) != shape[1:]:
+            raise ValueError(f"{path}: image is {h}x{w}, other files of this plate are {shape[1]}x{shape[2]}")
+        delayed = dask.delayed(lambda p=path, s=(c, h, w): tifffile.imread(p).reshape(s))()
+        parts.append(da.from_delayed(delayed, shape=(c, h, w), dtype=dtype))
+    return da.concatenate(parts, axis=0)
+
+
+def _fs(out: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(out)
+
+
+def _marker_exists(fs: fsspec.AbstractFileSystem, root: str, key: str) -> bool:
+    return fs.exists(f"{root}/{key}/{MARKER}")
+
+
+def _write_marker(fs: fsspec.AbstractFileSystem, root: str, key: str, payload: dict) -> None:
+    """Atomically publish the completion marker (local: write + rename; object stores: one PUT)."""
+    data = json.dumps(payload).encode()
+    target = f"{root}/{key}/{MARKER}"
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{target}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    else:
+        fs.pipe_file(target, data)
+
+
+def convert_plate(
+    records: list[TiffRecord],
+    out: str,
+    *,
+    channel_names: list[str] | None = None,
+    version: str = "0.4",
+    chunk: int = 256,
+    min_level_size: int = 256,
+    num_workers: int = 2,
+    plate_name: str | None = None,
+    on_field_done: Callable[[str], None] | None = None,
+) -> ConvertReport:
+    """Write the TIFF `records` as an OME-Zarr plate at `out`; rerunning skips fields already complete."""
+    plate, channels, fields = group_fields(records)
+    first_files = list(next(iter(fields.values())).values())
+    shape0, dtype, ome_names = _tiff_info(first_files[0])
+    check_dtype(dtype, first_files[0])
+    c0, h, w = _as_cyx(shape0, first_files[0])
+    n_channels = len(channels) if channels else c0
+    names = list(channel_names or channels or ome_names or [f"c{i}" for i in range(n_channels)])
+    if len(names) != n_channels:
+        raise ValueError(f"{len(names)} channel names {names} for {n_channels} channels in {first_files[0]}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"channel names must be unique, got {names}")
+    wells: dict[str, list[str]] = {}
+    for well, fld in fields:
+        wells.setdefault(well, []).append(fld)
+    plan = {"channels": names, "version": version, "shape": [n_channels, h, w], "dtype": str(dtype),
+            "fields": [f"{wl}/{f}" for wl, f in fields]}  # fmt: skip
+    report = ConvertReport(out=out, channels=names)
+    fs, root_path = _fs(out)
+    if fs.exists(root_path):
+        try:
+            existing = zarr.open_group(out, mode="r").attrs.get(PLAN_KEY)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"{out}: exists but is not a Zarr group ({err}); choose another output") from err
+        if existing is None:
+            raise ValueError(f"{out}: exists and was not written by cellfm convert; refusing to overwrite")
+        diffs = [k for k in ("channels", "version", "shape", "dtype") if existing.get(k) != plan[k]]
+        if diffs:
+            raise ValueError(f"{out}: earlier conversion differs in {diffs}: {[existing[k] for k in diffs]} "
+                             f"vs now {[plan[k] for k in diffs]}")  # fmt: skip
+    root = writer.create_plate(out, plate_name or plate, wells, version)
+    root.attrs[PLAN_KEY] = {**plan, "complete": False}
+    for (well, fld), by_channel in fields.items():
+        key = f"{well}/{fld}"
+        if _marker_exists(fs, root_path, key):
+            report.skipped.append(key)
+            continue
+        files = [by_channel[c] for c in channels] if channels else [by_channel[""]]
+        data = _lazy_field(files, (n_channels, h, w), dtype)
+        if data.shape[0] != n_channels:
+            raise ValueError(f"{files}: {data.shape[0]} channels, expected {n_channels}")
+        group = root[well].require_group(fld)
+        writer.write_image(group, data, names, version, chunk=chunk, min_level_size=min_level_size,
+                           num_workers=num_workers)  # fmt: skip
+        _write_marker(fs, root_path, key, {"sources": files, "shape": [n_channels, h, w]})
+        report.written.append(key)
+        log.info("converted %s (%d/%d)", key, len(report.written) + len(report.skipped), len(fields))
+        if on_field_done is not None:
+            on_field_done(key)
+    root.attrs[PLAN_KEY] = {**plan, "complete": True}
+    return report

@@ -1,0 +1,138 @@
+"""Map TIFF files to plate / well / field / channel, from a filename regex or a CSV manifest."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+
+from cellfm.data.stores import TIFF_SUFFIXES
+
+# Matches e.g. r02c05f03p01-ch1 style names loosely; users usually pass their own.
+DEFAULT_PATTERN = (
+    r"(?P<well>[A-Pa-p]\d{1,2})_(?:s|f|site|field)?(?P<field>\d+)(?:_(?:w|ch|c)?(?P<channel>[^_.]+))?"
+)
+
+
+@dataclass(frozen=True)
+class TiffRecord:
+    """One TIFF file and where it goes: well is ``"A/1"``, channel is None for multi-channel files."""
+
+    path: str
+    plate: str
+    well: str
+    field: str
+    channel: str | None
+
+
+def normalise_well(text: str, where: str = "") -> str:
+    """'A01', 'a1', 'A/1', 'A_01' -> 'A/1'; rows are letters, columns are numbers."""
+    m = re.fullmatch(r"\s*([A-Za-z]{1,2})[\s/_-]*0*(\d{1,3})\s*", str(text))
+    if not m:
+        raise ValueError(f"{where}: cannot read a well from {text!r} (expected e.g. 'A01', 'B/3')")
+    return f"{m.group(1).upper()}/{int(m.group(2))}"
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """TIFF files named directly or found (recursively) under folders, sorted."""
+    files: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for base, _, names in os.walk(item):
+                files += [os.path.join(base, n) for n in names if n.lower().endswith(TIFF_SUFFIXES)]
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(f"no TIFF files ({', '.join(TIFF_SUFFIXES)}) found in {inputs}")
+    return sorted(files)
+
+
+def _well_from_groups(groups: dict[str, str | None], where: str) -> str:
+    if groups.get("well"):
+        return normalise_well(groups["well"], where)
+    row, col = groups.get("row"), groups.get("column") or groups.get("col")
+    if row and col:
+        row = chr(ord("A") + int(row) - 1) if row.isdigit() else row  # numeric rows: 1 -> A
+        return normalise_well(f"{row}{col}", where)
+    raise ValueError(f"{where}: no well (need a 'well' group or 'row' and 'column' groups)")
+
+
+def records_from_pattern(files: list[str], pattern: str, plate: str = "plate") -> list[TiffRecord]:
+    """Parse file names with a regex whose named groups give well (or row+column), field, channel, plate."""
+    regex = re.compile(pattern)
+    names = set(regex.groupindex)
+    if not ({"well"} <= names or {"row", "column"} <= names or {"row", "col"} <= names):
+        raise ValueError(f"pattern {pattern!r} needs a named group 'well' or groups 'row' and 'column'")
+    records, unmatched = [], []
+    for path in files:
+        m = regex.search(os.path.basename(path))
+        if not m:
+            unmatched.append(path)
+            continue
+        g = m.groupdict()
+        field = str(int(g["field"])) if (g.get("field") or "").isdigit() else (g.get("field") or "0")
+        records.append(TiffRecord(path, g.get("plate") or plate, _well_from_groups(g, path), field,
+                                  g.get("channel")))  # fmt: skip
+    if unmatched:
+        raise ValueError(f"{len(unmatched)} file(s) do not match pattern {pattern!r}, e.g. {unmatched[:3]}")
+    return records
+
+
+def records_from_csv(manifest: str, plate: str = "plate") -> list[TiffRecord]:
+    """Read a manifest with columns path, well (or row, column), field, channel (optional), plate (optional)."""
+    base = os.path.dirname(os.path.abspath(manifest))
+    records = []
+    with open(manifest, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        if "path" not in cols or not ({"well"} <= cols or {"row", "column"} <= cols):
+            raise ValueError(
+                f"{manifest}: needs columns 'path' and 'well' (or 'row', 'column'); has {sorted(cols)}"
+            )
+        for i, row in enumerate(reader, start=2):
+            where = f"{manifest}:{i}"
+            path = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{where}: file {path} does not exist")
+            field = (row.get("field") or "0").strip()
+            field = str(int(field)) if field.isdigit() else field
+            records.append(TiffRecord(path, row.get("plate") or plate, _well_from_groups(row, where), field,
+                                      row.get("channel") or None))  # fmt: skip
+    if not records:
+        raise ValueError(f"{manifest}: manifest lists no files")
+    return records
+
+
+def group_fields(records: list[TiffRecord]) -> tuple[str, list[str] | None, dict[tuple[str, str], dict]]:
+    """Group records into fields: (plate, channel order or None, {(well, field): {channel: path}})."""
+    plates = sorted({r.plate for r in records})
+    if len(plates) > 1:
+        raise ValueError(f"inputs span several plates {plates}; convert one plate per output store")
+    with_channel = {r.channel is not None for r in records}
+    if len(with_channel) > 1:
+        raise ValueError("some files have a channel and some do not; use one file per channel or per field")
+    fields: dict[tuple[str, str], dict] = {}
+    for r in records:
+        entry = fields.setdefault((r.well, r.field), {})
+        key = r.channel if r.channel is not None else ""
+        if key in entry:
+            raise ValueError(f"{r.well} field {r.field} channel {key!r}: two files {entry[key]} and {r.path}")
+        entry[key] = r.path
+    channels = None
+    if True in with_channel:
+        channels = sorted({r.channel for r in records}, key=lambda c: (len(c), c))
+        for (well, field), entry in fields.items():
+            if set(entry) != set(channels):
+                raise ValueError(
+                    f"well {well} field {field} has channels {sorted(entry)}; other fields have {channels}"
+                )
+
+    def order(key: tuple[str, str]) -> tuple:
+        row, col = key[0].split("/")
+        return (len(row), row, int(col), len(key[1]), key[1])
+
+    ordered = {k: fields[k] for k in sorted(fields, key=order)}
+    return plates[0], channels, ordered
