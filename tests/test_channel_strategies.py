@@ -52,7 +52,9 @@ def test_bag_of_channels_concatenates_per_channel_outputs_in_order():
     assert out["x_norm_clstoken"].shape == (2, 3 * 64)
     assert out["x_norm_patchtokens"].shape == (2, 64, 3 * 64)
     for c in range(3):
-        assert torch.allclose(out["x_norm_clstoken"][:, c * 64 : (c + 1) * 64], singles[c]["x_norm_clstoken"], atol=1e-6)
+        assert torch.allclose(
+            out["x_norm_clstoken"][:, c * 64 : (c + 1) * 64], singles[c]["x_norm_clstoken"], atol=1e-6
+        )
         assert torch.allclose(
             out["x_norm_patchtokens"][..., c * 64 : (c + 1) * 64], singles[c]["x_norm_patchtokens"], atol=1e-6
         )

@@ -21,13 +21,18 @@ def _model(**kw) -> VisionTransformer:
 
 def _same_outputs(a, b, x):
     with torch.no_grad():
-        return torch.allclose(a.forward_features(x)["x_norm_patchtokens"], b.forward_features(x)["x_norm_patchtokens"])
+        return torch.allclose(
+            a.forward_features(x)["x_norm_patchtokens"], b.forward_features(x)["x_norm_patchtokens"]
+        )
 
 
 def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):
     model = _model()
     path = cellfm.save_backbone(
-        model, tmp_path / "m.safetensors", channel_names=["DNA", "RNA", "ER"], normalization={"kind": "zscore"}
+        model,
+        tmp_path / "m.safetensors",
+        channel_names=["DNA", "RNA", "ER"],
+        normalization={"kind": "zscore"},
     )
     loaded = cellfm.load_backbone(path).eval()
     assert _same_outputs(model, loaded, torch.randn(1, 3, 64, 64))
@@ -120,7 +125,9 @@ def test_unknown_and_mismatched_keys_are_named(tmp_path):
 
     sd = _model().state_dict()
     sd["blocks.0.attn.proj.weight"] = torch.zeros(64, 32)
-    with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.proj\.weight: .* has \(64, 32\), model expects \(64, 64\)"):
+    with pytest.raises(
+        CheckpointError, match=r"blocks\.0\.attn\.proj\.weight: .* has \(64, 32\), model expects \(64, 64\)"
+    ):
         load_strict(_model(), sd)
 
 
@@ -129,10 +136,21 @@ def test_hub_names_resolve_to_the_local_cache(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"dinov2_vits14_reg4_pretrain\.pth"):
         cellfm.load_backbone("dinov2_vits14_reg")
     # A register checkpoint in the cache is recognised: registers, offset 0, antialias.
-    arch = ViTArch(embed_dim=64, depth=1, num_heads=1, patch_size=14, img_size=518, init_values=1.0,
-                   num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True)
+    arch = ViTArch(
+        embed_dim=64,
+        depth=1,
+        num_heads=1,
+        patch_size=14,
+        img_size=518,
+        init_values=1.0,
+        num_register_tokens=4,
+        interpolate_offset=0.0,
+        interpolate_antialias=True,
+    )
     (tmp_path / "checkpoints").mkdir()
-    torch.save(VisionTransformer(arch).state_dict(), tmp_path / "checkpoints" / "dinov2_vits14_reg4_pretrain.pth")
+    torch.save(
+        VisionTransformer(arch).state_dict(), tmp_path / "checkpoints" / "dinov2_vits14_reg4_pretrain.pth"
+    )
     model = cellfm.load_backbone("dinov2_vits14_reg")
     assert model.arch.num_register_tokens == 4 and model.arch.interpolate_antialias
     assert model.arch.interpolate_offset == 0.0 and model.arch.img_size == 518

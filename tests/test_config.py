@@ -16,7 +16,9 @@ def test_default_recipe_is_shipped_and_typed():
 
 
 def test_misspelt_key_is_an_error_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"unknown config key 'model.patch_szie'; did you mean 'patch_size'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'model.patch_szie'; did you mean 'patch_size'"
+    ):
         from_dict(ModelConfig, {"patch_szie": 16}, "model")
     with pytest.raises(ConfigError, match=r"model.depth_x.*known keys"):
         from_dict(ModelConfig, {"depth_x": 16}, "model")
@@ -39,14 +41,20 @@ def test_overrides_and_file_paths(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "strategy,cls,chans", [("fixed", VisionTransformer, 5), ("bag_of_channels", BagOfChannels, 5),
-                           ("channel_tokens", ChannelTokensViT, 5)]
+    "strategy,cls,chans",
+    [
+        ("fixed", VisionTransformer, 5),
+        ("bag_of_channels", BagOfChannels, 5),
+        ("channel_tokens", ChannelTokensViT, 5),
+    ],
 )
 def test_channel_strategy_is_selectable_in_config(strategy, cls, chans):
     import torch
 
-    cfg = from_dict(ModelConfig, {"size": "tiny", "patch_size": 8, "img_size": 32, "in_chans": chans,
-                                  "channel_strategy": strategy})
+    cfg = from_dict(
+        ModelConfig,
+        {"size": "tiny", "patch_size": 8, "img_size": 32, "in_chans": chans, "channel_strategy": strategy},
+    )
     model = backbone_from_config(cfg).eval()
     assert isinstance(model, cls)
     with torch.no_grad():

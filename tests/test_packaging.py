@@ -41,8 +41,18 @@ def _venv(tmp_path: Path) -> Path:
 
 
 def _pip(env: Path, *args: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "-q", "--no-deps",
-           "--no-build-isolation", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(env / "bin" / "python"),
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        *args,
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
@@ -56,8 +66,21 @@ def _check(env: Path, cwd: Path) -> dict:
 
 def test_wheel_install_imports_all_top_level_folders(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
-                    str(ROOT)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+    )
     wheel = next(dist.glob("cellfm-*.whl"))
     env = _venv(tmp_path)
     _pip(env, str(wheel))
