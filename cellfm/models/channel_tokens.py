@@ -86,7 +86,7 @@ class ChannelTokensViT(VisionTransformer):
         masks_list = masks_list or [None] * len(xs)
         tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
         for blk in self.blocks:
-            tokens = blk.forward_packed(tokens)
+            tokens = blk(tokens)
         return [
             self._split_channels(self._named_outputs(t, m), x.shape[1])
             for t, m, x in zip(tokens, masks_list, xs)

@@ -24,6 +24,7 @@ class ModelConfig:
     drop_path_uniform: bool = True
     pad_mode: str | None = None
     pretrained: str | None = None
+    depth: int | None = None  # override the named size's depth (e.g. a 6-block tiny model for CPU)
 
     def __post_init__(self) -> None:
         if self.channel_strategy not in CHANNEL_STRATEGIES:
@@ -57,5 +58,6 @@ def backbone_from_config(cfg: ModelConfig) -> nn.Module:
         channel_strategy=cfg.channel_strategy,
         num_register_tokens=cfg.num_register_tokens,
         init_values=cfg.init_values,
+        **({"depth": cfg.depth} if cfg.depth else {}),
     )
     return build_backbone(arch, **runtime)

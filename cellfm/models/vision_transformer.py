@@ -185,7 +185,7 @@ class VisionTransformer(nn.Module):
         masks_list = masks_list or [None] * len(xs)
         tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
         for blk in self.blocks:
-            tokens = blk.forward_packed(tokens)
+            tokens = blk(tokens)
         return [self._named_outputs(t, m) for t, m in zip(tokens, masks_list)]
 
     def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
@@ -225,7 +225,11 @@ class VisionTransformer(nn.Module):
             return tuple(zip(outputs, class_tokens))
         return tuple(outputs)
 
-    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None, is_training: bool = False):
+    def forward(self, x, masks=None, is_training: bool = False):
+        """CLS embedding; with `is_training` the full output dict. A list of batches (e.g. global and
+        local crops) runs packed through `forward_features_list` and returns a list of dicts."""
+        if isinstance(x, list):
+            return self.forward_features_list(x, masks)
         out = self.forward_features(x, masks)
         return out if is_training else self.head(out["x_norm_clstoken"])
 

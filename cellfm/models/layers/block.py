@@ -49,7 +49,9 @@ class Block(nn.Module):
     def _ffn_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(x, list):  # through __call__, so FSDP / hooks see packed calls too
+            return self.forward_packed(x)
         p = self.drop_path_rate if self.training else 0.0
         if p > SUBSET_DROP_PATH_THRESHOLD:
             x = subset_residual(x, self._attn_branch, p)

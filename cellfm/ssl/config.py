@@ -1,0 +1,165 @@
+"""The typed training recipe: every section of a `configs/*.yaml` file is a dataclass here.
+
+Recipes layer over `configs/default.yaml`; an unknown or misspelt key anywhere is an error that
+names the dotted key. The resolved config is saved beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cellfm.transforms import AugmentConfig
+
+from ..config import apply_overrides, from_dict, merge, read_yaml_config
+from ..models.config import ModelConfig
+
+OFFICIAL_EPOCH_LENGTH = 1250
+
+
+@dataclass
+class DataConfig:
+    """What the crop sampler reads from the stores (see cellfm.data.CropDataset)."""
+
+    field_crop_size: int = 256  # region read per sample; multi-crop cuts global/local crops from it
+    crops_per_epoch: int = 4096
+    crops_per_field: int = 4
+    level: int = 0
+    weighting: str = "field"
+    foreground: bool = True
+    threshold: str | float = "otsu"
+    min_foreground: float = 0.1
+    channels: list[str] | None = None
+    num_workers: int = 0
+    use_store_stats: bool = False
+
+
+@dataclass
+class HeadConfig:
+    n_prototypes: int = 65536
+    bottleneck_dim: int = 256
+    hidden_dim: int = 2048
+    nlayers: int = 3
+
+
+@dataclass
+class DinoConfig:
+    loss_weight: float = 1.0
+    koleo_loss_weight: float = 0.1
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class IbotConfig:
+    loss_weight: float = 1.0
+    separate_head: bool = False
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 0.004
+    scaling_rule: str = "sqrt_wrt_1024"
+    min_lr: float = 1.0e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    freeze_last_layer_epochs: int = 1
+    layerwise_decay: float = 0.9
+    patch_embed_lr_mult: float = 0.2
+    adamw_beta1: float = 0.9
+    adamw_beta2: float = 0.999
+
+
+@dataclass
+class TeacherConfig:
+    momentum_teacher: float = 0.992
+    final_momentum_teacher: float = 1.0
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: int = 30
+    centering: str = "centering"  # or sinkhorn_knopp
+
+
+@dataclass
+class TrainConfig:
+    batch_size_per_device: int = 64
+    epochs: int = 100
+    iters_per_epoch: int = OFFICIAL_EPOCH_LENGTH
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    pack_crops: bool = True
+    checkpoint_every: int = 1250
+    export_every: int = 0  # 0: export the backbone only with checkpoints and at the end
+    distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)
+    collapse_warn_entropy: float = 0.05  # fraction of log(K) under which the teacher counts as collapsed
+    tensorboard: bool = True
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: a frozen teacher (backbone + heads from a cellfm run) teaches a smaller student."""
+
+    enabled: bool = False
+    teacher_checkpoint: str | None = None
+    teacher_model: ModelConfig | None = None
+
+
+@dataclass
+class SSLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
+    ibot: IbotConfig = field(default_factory=IbotConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distillation: DistillConfig = field(default_factory=DistillConfig)
+
+    def validate(self) -> SSLConfig:
+        p = self.model.patch_size
+        crops = self.augment.crops
+        for name, size in (
+            ("global_crops_size", crops.global_crops_size),
+            ("local_crops_size", crops.local_crops_size),
+        ):
+            if size % p:
+                raise ValueError(
+                    f"augment.crops.{name} = {size} is not a multiple of model.patch_size = {p} "
+                    f"(DINOv2 uses 98 local crops for patch 14)"
+                )
+        if self.augment.masking.patch_size != p:
+            raise ValueError(
+                f"augment.masking.patch_size = {self.augment.masking.patch_size} must equal model.patch_size = {p}"
+            )
+        if self.train.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.train.precision!r}")
+        if self.teacher.centering not in ("centering", "sinkhorn_knopp"):
+            raise ValueError(
+                f"teacher.centering must be centering or sinkhorn_knopp, got {self.teacher.centering!r}"
+            )
+        if self.data.field_crop_size < crops.global_crops_size:
+            raise ValueError(
+                f"data.field_crop_size {self.data.field_crop_size} is smaller than the global crops "
+                f"({crops.global_crops_size})"
+            )
+        if self.distillation.enabled and not self.distillation.teacher_checkpoint:
+            raise ValueError(
+                "distillation.enabled needs distillation.teacher_checkpoint (a cellfm run's checkpoint)"
+            )
+        return self
+
+    @property
+    def total_iters(self) -> int:
+        return self.train.epochs * self.train.iters_per_epoch
+
+
+def load_ssl_config(name_or_path: str | Path = "default", overrides: list[str] | None = None) -> SSLConfig:
+    """Resolve a recipe: default.yaml, then the recipe, then `key=value` overrides; typed and checked."""
+    data = read_yaml_config("default")
+    if str(name_or_path) != "default":
+        data = merge(data, read_yaml_config(name_or_path))
+    data = apply_overrides(data, list(overrides or []))
+    return from_dict(SSLConfig, data).validate()

@@ -1,0 +1,172 @@
+"""Student and EMA teacher: one training step of DINO + iBOT + KoLeo on a collated multi-crop batch.
+
+The batch is what `cellfm.transforms.collate_multicrop` produces: `collated_global_crops` (2B, ...)
+crop-major, `collated_local_crops` (n_local * B, ...), `collated_masks` (2B, N) bool. Masked-token
+indices and weights are derived from the masks here, so a batch split across ranks stays consistent.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ..models.bag_of_channels import BagOfChannels
+from .config import SSLConfig
+from .dino_loss import DINOLoss
+from .heads import DINOHead
+from .ibot_loss import iBOTPatchLoss, masks_weight
+from .koleo_loss import KoLeoLoss
+
+
+def trainable_backbone(backbone: nn.Module) -> nn.Module:
+    """Bag-of-Channels trains its 1-channel backbone directly on 1-channel crops."""
+    return backbone.backbone if isinstance(backbone, BagOfChannels) else backbone
+
+
+def _heads(cfg: SSLConfig, dim: int) -> dict[str, nn.Module]:
+    d = cfg.dino.head
+    heads = {"dino_head": DINOHead(dim, d.n_prototypes, d.hidden_dim, d.bottleneck_dim, d.nlayers)}
+    if cfg.ibot.separate_head:
+        i = cfg.ibot.head
+        heads["ibot_head"] = DINOHead(dim, i.n_prototypes, i.hidden_dim, i.bottleneck_dim, i.nlayers)
+    return heads
+
+
+class SSLMetaArch(nn.Module):
+    """`student` and `teacher` are ModuleDicts {backbone, dino_head[, ibot_head]}."""
+
+    def __init__(self, cfg: SSLConfig, backbone: nn.Module, teacher: nn.ModuleDict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        backbone = trainable_backbone(backbone)
+        self.student = nn.ModuleDict({"backbone": backbone, **_heads(cfg, backbone.embed_dim)})
+        # Self-distillation: the teacher is the student's EMA. Distillation: a frozen given teacher.
+        self.distilling = teacher is not None
+        self.teacher = teacher if teacher is not None else copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        # With distillation the model we keep is the student's EMA.
+        self.student_ema = copy.deepcopy(self.student) if self.distilling else None
+        if self.student_ema is not None:
+            for p in self.student_ema.parameters():
+                p.requires_grad_(False)
+        self.dino_loss = DINOLoss(cfg.dino.head.n_prototypes)
+        ibot_k = cfg.ibot.head.n_prototypes if cfg.ibot.separate_head else cfg.dino.head.n_prototypes
+        self.ibot_loss = iBOTPatchLoss(ibot_k)
+        self.koleo_loss = KoLeoLoss()
+        # What the step calls: the student modules, or their DDP wrappers (set by the trainer).
+        self.runners: dict[str, nn.Module] = dict(self.student.items())
+
+    @property
+    def output_model(self) -> nn.ModuleDict:
+        """The model to export: the teacher (self-distillation) or the student's EMA (distillation)."""
+        return self.student_ema if self.distilling else self.teacher
+
+    # -- one step ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _teacher_targets(self, glob: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor, temp: float):
+        t = self.teacher
+        out = t["backbone"](glob, is_training=True)
+        cls = out["x_norm_clstoken"]
+        masked = out["x_norm_patchtokens"].flatten(0, 1)[idx]
+        if "ibot_head" in t:
+            cls_logits, patch_logits = t["dino_head"](cls), t["ibot_head"](masked)
+        else:
+            logits = t["dino_head"](torch.cat([cls, masked]))
+            cls_logits, patch_logits = logits[: len(cls)], logits[len(cls) :]
+        method = self.cfg.teacher.centering
+        dino_t = self.dino_loss.teacher_probs(cls_logits.float(), temp, method)
+        ibot_t = self.ibot_loss.teacher_probs(patch_logits.float(), temp, method) if len(idx) else None
+        return dino_t, ibot_t
+
+    def forward_backward(
+        self, batch: dict, teacher_temp: float, scaler: torch.amp.GradScaler | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Compute the losses on `batch`, backpropagate, and return detached logs."""
+        cfg = self.cfg
+        glob, local = batch["collated_global_crops"], batch["collated_local_crops"]
+        masks = batch["collated_masks"].to(glob.device)
+        n_global = 2
+        n_local = local.shape[0] // (glob.shape[0] // n_global) if local.numel() else 0
+        idx = masks.flatten().nonzero().flatten()
+        weight = masks_weight(masks)
+        autocast = self._autocast(glob.device)
+        with autocast:
+            dino_t, ibot_t = self._teacher_targets(glob, masks, idx, teacher_temp)
+            backbone = self.runners["backbone"]
+            if cfg.train.pack_crops and n_local:
+                s_glob, s_loc = backbone([glob, local], [masks, None], is_training=True)
+            else:
+                s_glob = backbone(glob, masks, is_training=True)
+                s_loc = backbone(local, is_training=True) if n_local else None
+            g_cls = s_glob["x_norm_clstoken"]
+            s_masked = s_glob["x_norm_patchtokens"].flatten(0, 1)[idx]
+            head_in = [g_cls] + ([s_loc["x_norm_clstoken"]] if n_local else [])
+            if "ibot_head" not in self.student:
+                head_in.append(s_masked)
+            logits = self.runners["dino_head"](torch.cat(head_in))  # one head call for all tokens
+            sizes = [len(t) for t in head_in]
+            parts = list(logits.split(sizes))
+            g_logits = parts[0]
+            l_logits = parts[1] if n_local else None
+            p_logits = self.runners["ibot_head"](s_masked) if "ibot_head" in self.student else parts[-1]
+        dino_global, dino_local = self.dino_loss(g_logits, l_logits, dino_t, n_global)
+        dino = dino_global + dino_local
+        koleo = sum(self.koleo_loss(c) for c in g_cls.chunk(n_global)) * cfg.dino.koleo_loss_weight
+        ibot = (
+            self.ibot_loss(p_logits, ibot_t, masks, weight)
+            if ibot_t is not None
+            else g_cls.new_zeros((), dtype=torch.float32)
+        )
+        loss = cfg.dino.loss_weight * dino + koleo + cfg.ibot.loss_weight * ibot
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss (dino {dino.item():.4g}, ibot {ibot.item():.4g}, koleo {koleo.item():.4g}); "
+                "lower the learning rate or use fp32/bf16; the last checkpoint is left intact"
+            )
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        with torch.no_grad():
+            k = dino_t.shape[-1]
+            entropy = -(dino_t * dino_t.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k)
+            feats = nn.functional.normalize(g_cls.float(), dim=-1)
+            feature_std = feats.std(dim=0).mean() if len(feats) > 1 else feats.new_zeros(())
+        return {
+            "loss": loss.detach(),
+            "dino_loss": dino.detach(),
+            "dino_global_loss": dino_global.detach(),
+            "dino_local_loss": dino_local.detach(),
+            "ibot_loss": ibot.detach(),
+            "koleo_loss": koleo.detach() if torch.is_tensor(koleo) else torch.tensor(float(koleo)),
+            "teacher_entropy": entropy,
+            "feature_std": feature_std,
+        }
+
+    def _autocast(self, device: torch.device):
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    # -- EMA --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- m * teacher + (1 - m) * student (the student's EMA when distilling)."""
+        target = self.student_ema if self.distilling else self.teacher
+        t_params = [p for _, p in sorted(target.named_parameters())]
+        s_params = [p.detach() for _, p in sorted(self.student.named_parameters())]
+        if len(t_params) != len(s_params):
+            raise RuntimeError("teacher and student parameter sets differ")
+        t_local = [_local(p) for p in t_params]
+        s_local = [_local(p) for p in s_params]
+        torch._foreach_mul_(t_local, momentum)
+        torch._foreach_add_(t_local, s_local, alpha=1 - momentum)
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """The local shard of an FSDP2 DTensor parameter, or the tensor itself."""
+    return p.to_local() if hasattr(p, "to_local") else p

@@ -1,0 +1,240 @@
+"""The pretraining loop: schedules, optimizer, EMA teacher, checkpoints, resume, exports."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import from_dict
+from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed, wrap_for_training
+from ..models.config import backbone_from_config
+from .batches import BatchStream
+from .checkpointing import (
+    export_backbone,
+    full_state_dict,
+    load_training_state,
+    save_config,
+    save_training_state,
+)
+from .config import SSLConfig
+from .meta_arch import SSLMetaArch, _heads, trainable_backbone
+from .monitor import Monitor, peak_memory_mb, plot_loss_curve
+from .param_groups import param_groups
+from .schedules import Schedules, cosine_schedule, linear_then_constant, scaled_lr
+
+log = logging.getLogger("cellfm.pretrain")
+
+
+def build_schedules(cfg: SSLConfig, world_size: int) -> Schedules:
+    o, t, ipe, total = cfg.optim, cfg.teacher, cfg.train.iters_per_epoch, cfg.total_iters
+    peak = scaled_lr(o.base_lr, cfg.train.batch_size_per_device * world_size, o.scaling_rule)
+    warmup = min(o.warmup_epochs * ipe, total)
+    lr = cosine_schedule(peak, o.min_lr, total, warmup)
+    freeze = min(o.freeze_last_layer_epochs * ipe, total - warmup)
+    return Schedules(
+        lr=lr,
+        wd=cosine_schedule(o.weight_decay, o.weight_decay_end, total),
+        momentum=cosine_schedule(t.momentum_teacher, t.final_momentum_teacher, total),
+        teacher_temp=linear_then_constant(
+            t.warmup_teacher_temp, t.teacher_temp, t.warmup_teacher_temp_epochs * ipe, total
+        ),
+        last_layer_lr=cosine_schedule(peak, o.min_lr, total, warmup, freeze_iters=freeze),
+    )
+
+
+def load_frozen_teacher(path: str | Path, cfg: SSLConfig) -> nn.ModuleDict:
+    """Backbone + heads of a finished cellfm run (its checkpoint.pt), frozen, for distillation."""
+    path = Path(path)
+    ckpt_file = path / "checkpoint.pt" if path.is_dir() else path
+    state = load_training_state(ckpt_file.parent) if ckpt_file.name == "checkpoint.pt" else None
+    if state is None:
+        raise FileNotFoundError(f"distillation teacher: no cellfm checkpoint.pt at {path}")
+    t_cfg = from_dict(SSLConfig, state["config"])
+    if t_cfg.dino.head.n_prototypes != cfg.dino.head.n_prototypes:
+        raise ValueError(
+            f"distillation: teacher has {t_cfg.dino.head.n_prototypes} prototypes, student config "
+            f"{cfg.dino.head.n_prototypes}; set dino.head.n_prototypes to match"
+        )
+    backbone = trainable_backbone(backbone_from_config(replace(t_cfg.model, pretrained=None)))
+    teacher = nn.ModuleDict({"backbone": backbone, **_heads(t_cfg, backbone.embed_dim)})
+    prefix = "student_ema." if t_cfg.distillation.enabled else "teacher."
+    sd = {k[len(prefix) :]: v for k, v in state["meta"].items() if k.startswith(prefix)}
+    teacher.load_state_dict(sd, strict=True)
+    return teacher.eval()
+
+
+class Trainer:
+    def __init__(self, cfg: SSLConfig, sources: list[str], out_dir: str | Path, info: DistInfo | None = None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.info = info or init_distributed()
+        torch.manual_seed(cfg.train.seed + self.info.rank)
+        self.data = BatchStream(cfg, sources, self.info.rank, self.info.world_size)
+        backbone = backbone_from_config(cfg.model)
+        teacher = (
+            load_frozen_teacher(cfg.distillation.teacher_checkpoint, cfg)
+            if cfg.distillation.enabled
+            else None
+        )
+        self.meta = SSLMetaArch(cfg, backbone, teacher).to(self.info.device)
+        self.export_template = backbone  # keeps the channel-strategy wrapper for exports
+        self.meta.runners = wrap_for_training(
+            dict(self.meta.student.items()), cfg.train.distributed, self.info
+        )
+        o = cfg.optim
+        depth = self.meta.student["backbone"].n_blocks
+        self.groups = param_groups(self.meta.student, depth, o.layerwise_decay, o.patch_embed_lr_mult)
+        self.optimizer = torch.optim.AdamW(
+            [{k: v for k, v in g.items() if k != "names"} for g in self.groups],
+            betas=(o.adamw_beta1, o.adamw_beta2),
+        )
+        self.scaler = torch.amp.GradScaler(self.info.device.type) if cfg.train.precision == "fp16" else None
+        self.schedules = build_schedules(cfg, self.info.world_size)
+        self.step = 0
+        self.monitor = Monitor(
+            self.out, self.info.is_main, cfg.train.collapse_warn_entropy, cfg.train.tensorboard
+        )
+
+    # -- state ----------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "meta": full_state_dict(self.meta),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": torch.get_rng_state(),
+            "config": asdict(self.cfg),
+        }
+
+    def resume(self) -> bool:
+        state = load_training_state(self.out)
+        if state is None:
+            return False
+        saved = from_dict(SSLConfig, state["config"])
+        if saved.model != self.cfg.model:
+            raise ValueError(
+                f"{self.out}: the checkpoint was trained with model {saved.model}, the config asks for "
+                f"{self.cfg.model}; use another --output or the same config"
+            )
+        self.meta.load_state_dict(state["meta"])
+        # Drop per-group bookkeeping that may differ (e.g. across world sizes) and keep moments.
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.monitor.truncate_after(self.step)
+        log.info("resumed %s at step %d", self.out, self.step)
+        return True
+
+    def save(self) -> None:
+        state = self.state()
+        if self.info.is_main:
+            save_training_state(self.out, state)
+            self.export()
+        barrier()
+
+    def export(self) -> list[Path]:
+        out_model = self.meta.output_model
+        template = self.export_template
+        if template is not out_model["backbone"] and hasattr(template, "backbone"):
+            template.backbone.load_state_dict(full_state_dict(out_model["backbone"]))
+            model = template
+        else:
+            model = out_model["backbone"]
+        extra = {"trained_steps": self.step, "recipe": "cellfm pretrain", "distilled": self.meta.distilling}
+        return export_backbone(
+            self.out, model, channel_names=self.data.channels, normalization=self._norm(), extra=extra
+        )
+
+    def _norm(self) -> dict:
+        a = self.cfg.augment
+        return {"input": asdict(a.input_norm), "output": asdict(a.output_norm)}
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _apply_schedules(self, values: dict[str, float]) -> None:
+        for group, meta in zip(self.optimizer.param_groups, self.groups):
+            lr = values["last_layer_lr"] if meta["is_last_layer"] else values["lr"]
+            group["lr"] = lr * meta["lr_multiplier"]
+            group["weight_decay"] = values["wd"] * meta["wd_multiplier"]
+
+    def _clip(self) -> None:
+        clip = self.cfg.optim.clip_grad
+        if clip <= 0:
+            return
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        for module in self.meta.student.values():  # each module separately, as DINOv2 does
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+
+    def train(self, steps: int | None = None) -> dict[str, float]:
+        """Run until `steps` total steps (default: the whole schedule); resumable."""
+        cfg = self.cfg
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.out, asdict(cfg))
+        self.resume()
+        end = min(steps or cfg.total_iters, cfg.total_iters)
+        self.meta.train()
+        self.meta.teacher.eval()
+        batches = self.data.from_step(self.step)
+        bar = tqdm(total=end, initial=self.step, disable=not self.info.is_main, desc="pretrain", unit="step")
+        last: dict[str, float] = {}
+        global_batch = cfg.train.batch_size_per_device * self.info.world_size
+        while self.step < end:
+            t0 = time.perf_counter()
+            batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
+            values = self.schedules.at(self.step)
+            self._apply_schedules(values)
+            self.optimizer.zero_grad(set_to_none=True)
+            logs = self.meta.forward_backward(batch, values["teacher_temp"], self.scaler)
+            self._clip()
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.meta.update_teacher(values["momentum"])
+            dt = time.perf_counter() - t0
+            logs = {k: float(all_reduce_mean(v.float())) for k, v in logs.items()}
+            last = {
+                "step": self.step,
+                **logs,
+                **{k: values[k] for k in ("lr", "wd", "momentum", "teacher_temp")},
+                "step_time_s": dt,
+                "images_per_s": global_batch / dt,
+                "peak_mem_mb": peak_memory_mb(self.info.device),
+            }
+            self.monitor.log(last)
+            self.step += 1
+            bar.set_postfix(
+                loss=f"{logs['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{global_batch / dt:.1f}"
+            )
+            bar.update(1)
+            every = cfg.train.checkpoint_every
+            if (every and self.step % every == 0) or self.step == end:
+                self.save()
+            elif cfg.train.export_every and self.step % cfg.train.export_every == 0 and self.info.is_main:
+                self.export()
+        bar.close()
+        if self.info.is_main and self.monitor.path.is_file():
+            plot_loss_curve(self.monitor.path, self.out / "loss_curve.png")
+        self.monitor.close()
+        return last
+
+
+def pretrain(
+    cfg: SSLConfig, sources: list[str], out_dir: str | Path, steps: int | None = None
+) -> dict[str, float]:
+    """Train (or resume) into `out_dir`; returns the last step's metrics."""
+    return Trainer(cfg, sources, out_dir).train(steps)
+
+
+__all__ = ["Trainer", "build_schedules", "load_frozen_teacher", "pretrain"]
