@@ -24,55 +24,70 @@ class ConfigError(ValueError):
     """A config key or value that does not fit the schema; the message names the dotted key."""
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass `cls` from a nested dict; unknown keys and wrong types are errors."""
-    data = data or {}
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass `cls` from a nested dict; unknown or mistyped keys raise naming the dotted key."""
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config section {where or '<root>'!r} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{where}.{key}" if where else key
+    for key in data:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            dotted = f"{where}.{key}" if where else str(key)
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {names}"
             raise ConfigError(f"unknown config key {dotted!r}{hint}")
-        kwargs[key] = _coerce(hints[key], value, dotted)
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check and convert one YAML value to the annotated type; errors name the dotted key."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for alt in (a for a in args if a is not type(None)):
             try:
-                return _coerce(arg, value, where)
+                return _coerce(value, alt, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin in (list, tuple):
+        raise ConfigError(" or ".join(errors))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"config key {where!r} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        item = args[0] if args else Any
-        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or tp is Any:
+            raise ConfigError(f"config key {where!r} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where!r} must be a mapping, got {value!r}")
         return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {where!r} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {where!r} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key {where!r} must be a number, got {value!r}")
         return float(value)
-    if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {where!r} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where!r}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

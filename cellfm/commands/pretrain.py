@@ -13,7 +13,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Rerunning the same command resumes from DIR/checkpoint.pt. Multi-process: "
         "torchrun --nproc-per-node N -m cellfm.cli pretrain ...",
     )
-    p.add_argument("data", nargs="+", help="OME-Zarr plates / images, Zarr arrays or TIFF files")
+    p.add_argument(
+        "items",
+        nargs="+",
+        metavar="DATA|key=value",
+        help="OME-Zarr plates / images, Zarr arrays or TIFF files, then config overrides such as "
+        "optim.base_lr=1e-3 (anything containing '=' is an override)",
+    )
     p.add_argument("--config", default="cpu_tiny", help="recipe name (see `cellfm info`) or YAML path")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, exports)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many total steps")
@@ -24,12 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="key=value",
         help="config overrides, e.g. optim.base_lr=1e-3",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, accepts_extra=True)
 
 
 def _split(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """argparse cannot tell DATA from key=value overrides: anything with '=' is an override."""
-    items = list(args.data) + list(args.overrides)
+    items = list(args.items) + list(getattr(args, "extra", []))
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 

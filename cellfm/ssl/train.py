@@ -104,6 +104,10 @@ class Trainer:
 
     # -- state ----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        # Fold the lagged centre updates in now: they are not part of the module state, and
+        # applying them before the next step's targets gives the same values.
+        self.meta.dino_loss.centering.apply_update()
+        self.meta.ibot_loss.centering.apply_update()
         return {
             "step": self.step,
             "meta": full_state_dict(self.meta),
