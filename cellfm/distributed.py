@@ -42,8 +42,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
-def wrap_for_training(modules: dict[str, nn.Module], mode: str, info: DistInfo) -> dict[str, nn.Module]:
-    """DDP wrappers (or in-place FSDP2 sharding per block) for the student's modules."""
+def wrap_for_training(
+    modules: dict[str, nn.Module], mode: str, info: DistInfo, reshard_after_forward: bool | None = None
+) -> dict[str, nn.Module]:
+    """DDP wrappers (or in-place FSDP2 sharding per block) for the student's modules.
+
+    Forward-only copies (the EMA teacher) pass `reshard_after_forward=True` so their parameters are
+    sharded again after every forward, like the student's after backward.
+    """
     if info.world_size == 1:
         return dict(modules)
     if mode == "ddp":
@@ -55,9 +61,10 @@ def wrap_for_training(modules: dict[str, nn.Module], mode: str, info: DistInfo) 
         from torch.distributed.fsdp import fully_shard
 
         for m in modules.values():
+            kw = {} if reshard_after_forward is None else {"reshard_after_forward": reshard_after_forward}
             for blk in getattr(_inner(m), "blocks", []):
-                fully_shard(blk)
-            fully_shard(m)
+                fully_shard(blk, **kw)
+            fully_shard(m, **kw)
         return dict(modules)
     raise ValueError(f"train.distributed must be 'ddp' or 'fsdp', got {mode!r}")
 

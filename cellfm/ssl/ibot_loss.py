@@ -34,7 +34,8 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 - the method's name
         """Targets for the masked tokens (M, K); the centre tracks the mean over masked tokens."""
         if method == "centering":
             probs = self.centering.softmax(teacher_logits, temp)
-            self.centering.update(teacher_logits.float().mean(dim=0, keepdim=True), 1)
+            # Global mean over masked tokens (DINOv2 averages per-rank means instead).
+            self.centering.update(teacher_logits.float().sum(dim=0, keepdim=True), len(teacher_logits))
             return probs
         if method == "sinkhorn_knopp":
             return sinkhorn_knopp(teacher_logits, temp, n_samples=len(teacher_logits))

@@ -157,10 +157,12 @@ class SSLMetaArch(nn.Module):
     def update_teacher(self, momentum: float) -> None:
         """teacher <- m * teacher + (1 - m) * student (the student's EMA when distilling)."""
         target = self.student_ema if self.distilling else self.teacher
-        t_params = [p for _, p in sorted(target.named_parameters())]
-        s_params = [p.detach() for _, p in sorted(self.student.named_parameters())]
-        if len(t_params) != len(s_params):
+        t_named = dict(target.named_parameters())
+        s_named = dict(self.student.named_parameters())
+        if t_named.keys() != s_named.keys():
             raise RuntimeError("teacher and student parameter sets differ")
+        t_params = [t_named[k] for k in sorted(t_named)]
+        s_params = [s_named[k].detach() for k in sorted(t_named)]
         t_local = [_local(p) for p in t_params]
         s_local = [_local(p) for p in s_params]
         torch._foreach_mul_(t_local, momentum)

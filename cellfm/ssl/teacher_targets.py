@@ -80,18 +80,21 @@ class Centering(nn.Module):
 
     @torch.no_grad()
     def update(self, batch_sum: torch.Tensor, count: int) -> None:
-        """Queue the batch sum of teacher logits over `count` rows (reduced over ranks)."""
-        batch_sum = batch_sum.detach().float().clone()
-        handle = dist.all_reduce(batch_sum, async_op=True) if _world() > 1 else None
-        self._pending = (batch_sum, count, handle)
+        """Queue the sum of teacher logits over `count` rows; sums and counts are reduced over ranks,
+        so the centre tracks the global mean even when ranks hold different numbers of rows (iBOT)."""
+        packed = torch.cat(
+            [batch_sum.detach().float().reshape(-1), batch_sum.new_tensor([float(count)]).float()]
+        )
+        handle = dist.all_reduce(packed, async_op=True) if _world() > 1 else None
+        self._pending = (packed, handle)
 
     @torch.no_grad()
     def apply_update(self) -> None:
         if self._pending is None:
             return
-        batch_sum, count, handle = self._pending
+        packed, handle = self._pending
         if handle is not None:
             handle.wait()
-        mean = batch_sum / (count * _world())
+        mean = (packed[:-1] / packed[-1].clamp_min(1)).reshape(self.center.shape)
         self.center.mul_(self.momentum).add_(mean.to(self.center.dtype), alpha=1 - self.momentum)
         self._pending = None

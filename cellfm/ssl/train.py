@@ -75,7 +75,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.info = info or init_distributed()
-        torch.manual_seed(cfg.train.seed + self.info.rank)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.data = BatchStream(cfg, sources, self.info.rank, self.info.world_size)
         backbone = backbone_from_config(cfg.model)
         teacher = (
@@ -85,9 +85,14 @@ class Trainer:
         )
         self.meta = SSLMetaArch(cfg, backbone, teacher).to(self.info.device)
         self.export_template = backbone  # keeps the channel-strategy wrapper for exports
+        torch.manual_seed(cfg.train.seed + self.info.rank)  # per-rank randomness from here on
         self.meta.runners = wrap_for_training(
             dict(self.meta.student.items()), cfg.train.distributed, self.info
         )
+        if cfg.train.distributed == "fsdp" and self.info.world_size > 1:
+            # Shard the EMA copy like the student so that the EMA update works shard by shard.
+            ema = self.meta.student_ema if self.meta.distilling else self.meta.teacher
+            wrap_for_training(dict(ema.items()), "fsdp", self.info, reshard_after_forward=True)
         o = cfg.optim
         depth = self.meta.student["backbone"].n_blocks
         self.groups = param_groups(self.meta.student, depth, o.layerwise_decay, o.patch_embed_lr_mult)
@@ -178,6 +183,35 @@ class Trainer:
         for module in self.meta.student.values():  # each module separately, as DINOv2 does
             torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
 
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimisation step on this rank's share of the global batch; returns the step's metrics."""
+        t0 = time.perf_counter()
+        batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        values = self.schedules.at(self.step)
+        self._apply_schedules(values)
+        self.optimizer.zero_grad(set_to_none=True)
+        logs = self.meta.forward_backward(batch, values["teacher_temp"], self.scaler)
+        self._clip()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.meta.update_teacher(values["momentum"])
+        dt = time.perf_counter() - t0
+        logs = {k: float(all_reduce_mean(v.float())) for k, v in logs.items()}
+        global_batch = self.cfg.train.batch_size_per_device * self.info.world_size
+        row = {
+            "step": self.step,
+            **logs,
+            **{k: values[k] for k in ("lr", "wd", "momentum", "teacher_temp")},
+            "step_time_s": dt,
+            "images_per_s": global_batch / dt,
+            "peak_mem_mb": peak_memory_mb(self.info.device),
+        }
+        self.step += 1
+        return row
+
     def train(self, steps: int | None = None) -> dict[str, float]:
         """Run until `steps` total steps (default: the whole schedule); resumable."""
         cfg = self.cfg
@@ -191,35 +225,11 @@ class Trainer:
         batches = self.data.from_step(self.step)
         bar = tqdm(total=end, initial=self.step, disable=not self.info.is_main, desc="pretrain", unit="step")
         last: dict[str, float] = {}
-        global_batch = cfg.train.batch_size_per_device * self.info.world_size
         while self.step < end:
-            t0 = time.perf_counter()
-            batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
-            values = self.schedules.at(self.step)
-            self._apply_schedules(values)
-            self.optimizer.zero_grad(set_to_none=True)
-            logs = self.meta.forward_backward(batch, values["teacher_temp"], self.scaler)
-            self._clip()
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.meta.update_teacher(values["momentum"])
-            dt = time.perf_counter() - t0
-            logs = {k: float(all_reduce_mean(v.float())) for k, v in logs.items()}
-            last = {
-                "step": self.step,
-                **logs,
-                **{k: values[k] for k in ("lr", "wd", "momentum", "teacher_temp")},
-                "step_time_s": dt,
-                "images_per_s": global_batch / dt,
-                "peak_mem_mb": peak_memory_mb(self.info.device),
-            }
+            last = self.train_step(next(batches))
             self.monitor.log(last)
-            self.step += 1
             bar.set_postfix(
-                loss=f"{logs['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{global_batch / dt:.1f}"
+                loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", img_s=f"{last['images_per_s']:.1f}"
             )
             bar.update(1)
             every = cfg.train.checkpoint_every

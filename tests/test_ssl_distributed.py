@@ -1,0 +1,78 @@
+"""Two processes (gloo, CPU) reach the same weights as one process with the same global batch."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cellfm.ssl.batches import BatchStream
+from cellfm.ssl.config import load_ssl_config
+
+from .test_ssl_train import TINY
+
+WORKER = Path(__file__).parent / "workers" / "ssl_step.py"
+# KoLeo is a local-batch regulariser (as in DINOv2), so it is off for the equivalence check.
+EXACT = TINY + ["dino.koleo_loss_weight=0.0", "model.drop_path_rate=0.0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    from cellfm.data.samples import write_sample_plate
+
+    root = tmp_path_factory.mktemp("dist")
+    plate = write_sample_plate(root / "samples.ome.zarr", timelapse_frames=2)
+    cfg = load_ssl_config("cpu_tiny", EXACT)
+    stream = BatchStream(cfg, [plate]).from_step(0)
+    data = [next(stream) for _ in range(2)]
+    path = root / "batches.pt"
+    torch.save(
+        {
+            "batches": [{k: v for k, v in b.items() if torch.is_tensor(v)} for b in data],
+            "plate": plate,
+            "overrides": EXACT,
+            "global_batch": 4,
+        },
+        path,
+    )
+    return path
+
+
+def _run(batches: Path, out: Path, nproc: int, mode: str) -> dict:
+    out.parent.mkdir(parents=True)
+    if nproc == 1:
+        cmd = [sys.executable, str(WORKER), str(batches), str(out), mode]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={nproc}",
+            f"--master-port={_free_port()}",
+            str(WORKER),
+            str(batches),
+            str(out),
+            mode,
+        ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert out.is_file(), proc.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one(batches, tmp_path, mode):
+    single = _run(batches, tmp_path / "one" / "state.pt", 1, mode)
+    double = _run(batches, tmp_path / "two" / "state.pt", 2, mode)
+    assert single["loss"] == pytest.approx(double["loss"], rel=1e-4)
+    for key, value in single["teacher"].items():
+        assert torch.allclose(value, double["teacher"][key], atol=1e-5), key

@@ -1,0 +1,61 @@
+"""Worker for test_ssl_distributed: a few training steps on this rank's share of fixed global batches.
+
+Run under torchrun (or as one plain process). Writes the teacher state (rank 0) and exits with
+os._exit(0) after a barrier, so a gloo teardown abort after the work cannot fail the test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """This rank's samples of a crop-major multi-crop batch."""
+    glob, local, masks = (
+        batch["collated_global_crops"],
+        batch["collated_local_crops"],
+        batch["collated_masks"],
+    )
+    b = glob.shape[0] // 2
+    per = b // world
+    sl = slice(rank * per, (rank + 1) * per)
+
+    def take(t: torch.Tensor, n_chunks: int) -> torch.Tensor:
+        return torch.cat([c[sl] for c in t.chunk(n_chunks)])
+
+    return {
+        "collated_global_crops": take(glob, 2),
+        "collated_local_crops": take(local, local.shape[0] // b),
+        "collated_masks": take(masks, 2),
+    }
+
+
+def main(batches_file: str, out_file: str, mode: str) -> None:
+    from cellfm.distributed import barrier, init_distributed
+    from cellfm.ssl.config import load_ssl_config
+    from cellfm.ssl.train import Trainer
+
+    info = init_distributed("cpu")
+    saved = torch.load(batches_file, weights_only=True)
+    overrides = saved["overrides"] + [
+        f"train.batch_size_per_device={saved['global_batch'] // info.world_size}",
+        f"train.distributed={mode}",
+    ]
+    cfg = load_ssl_config("cpu_tiny", overrides)
+    trainer = Trainer(cfg, [saved["plate"]], os.path.dirname(out_file), info)
+    logs = [trainer.train_step(shard(b, info.rank, info.world_size)) for b in saved["batches"]]
+    from cellfm.ssl.checkpointing import full_state_dict
+
+    state = full_state_dict(trainer.meta.teacher)
+    if info.rank == 0:
+        torch.save({"teacher": state, "loss": [r["loss"] for r in logs]}, out_file)
+    barrier()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
