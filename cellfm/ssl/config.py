@@ -31,7 +31,6 @@ class DataConfig:
     min_foreground: float = 0.1
     channels: list[str] | None = None
     num_workers: int = 0
-    use_store_stats: bool = False
 
 
 @dataclass
@@ -103,7 +102,6 @@ class DistillConfig:
 
     enabled: bool = False
     teacher_checkpoint: str | None = None
-    teacher_model: ModelConfig | None = None
 
 
 @dataclass
@@ -160,6 +158,11 @@ def load_ssl_config(name_or_path: str | Path = "default", overrides: list[str] |
     """Resolve a recipe: default.yaml, then the recipe, then `key=value` overrides; typed and checked."""
     data = read_yaml_config("default")
     if str(name_or_path) != "default":
-        data = merge(data, read_yaml_config(name_or_path))
+        recipe = read_yaml_config(name_or_path)
+        if isinstance(recipe.get("augment"), str):
+            # `augment: cellpainting5` names a shipped augmentation recipe (configs/augment_<name>.yaml).
+            recipe["augment"] = read_yaml_config(f"augment_{recipe['augment']}")
+            data["augment"] = {}
+        data = merge(data, recipe)
     data = apply_overrides(data, list(overrides or []))
     return from_dict(SSLConfig, data).validate()

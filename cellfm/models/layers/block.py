@@ -42,6 +42,9 @@ class Block(nn.Module):
             raise ValueError(f"unknown ffn {ffn!r}; expected 'mlp' or 'swiglu'")
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path_rate = drop_path_rate
+        # Above the threshold, compute dropped branches for the kept samples only (DINOv2's fast
+        # path); False always uses per-sample masks (same expectation, full compute).
+        self.subset_stochastic_depth = True
 
     def _attn_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.ls1(self.attn(self.norm1(x)))
@@ -53,7 +56,7 @@ class Block(nn.Module):
         if isinstance(x, list):  # through __call__, so FSDP / hooks see packed calls too
             return self.forward_packed(x)
         p = self.drop_path_rate if self.training else 0.0
-        if p > SUBSET_DROP_PATH_THRESHOLD:
+        if p > SUBSET_DROP_PATH_THRESHOLD and self.subset_stochastic_depth:
             x = subset_residual(x, self._attn_branch, p)
             return subset_residual(x, self._ffn_branch, p)
         x = x + drop_path(self._attn_branch(x), p, self.training)
@@ -79,7 +82,7 @@ class Block(nn.Module):
     def _packed_residual(self, xs: list[torch.Tensor], branch) -> list[torch.Tensor]:
         p = self.drop_path_rate if self.training else 0.0
         subsets = [None] * len(xs)
-        if p > SUBSET_DROP_PATH_THRESHOLD:
+        if p > SUBSET_DROP_PATH_THRESHOLD and self.subset_stochastic_depth:
             subsets = [
                 torch.randperm(x.shape[0], device=x.device)[: max(int(x.shape[0] * (1 - p)), 1)] for x in xs
             ]

@@ -1,0 +1,288 @@
+"""One SSL training step: cellfm vs a reference step assembled from the official DINOv2 modules.
+
+ViT-S/14 student + EMA teacher, DINO head (65536 prototypes, shared with iBOT), DINO + iBOT + KoLeo
+losses, AdamW, batch 16 with 2 x 224 + 8 x 98 crops, drop path 0.3, fp32 on CPU. The reference
+forwards each crop group separately (what the official code does without xformers) and uses the
+official DINOLoss / iBOTPatchLoss / KoLeoLoss / DINOHead. cellfm rows switch crop packing and the
+efficient (subset) stochastic depth on and off. Peak memory is measured in a fresh process per row.
+
+    python benchmarks/ssl_step.py              # CPU, ViT-S/14 (about 10 minutes on 2 cores)
+    python benchmarks/ssl_step.py --gpu        # GPU variant: ViT-L/14, bf16, batch 32 (< 5 minutes)
+    python benchmarks/ssl_step.py --tiny       # CI smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import PeakRSS, machine, save, table  # noqa: E402
+
+ROWS = [
+    ("official reference", None, None),
+    ("cellfm packed + subset SD", True, True),
+    ("cellfm packed + masked SD", True, False),
+    ("cellfm separate + subset SD", False, True),
+    ("cellfm separate + masked SD", False, False),
+]
+
+
+def settings(args) -> dict:
+    if args.tiny:
+        return dict(
+            size="small", depth=2, batch=2, g=56, l=28, n_local=2, k=1024, device="cpu", precision="fp32"
+        )
+    if args.gpu:
+        return dict(
+            size="large",
+            depth=None,
+            batch=32,
+            g=224,
+            l=98,
+            n_local=8,
+            k=65536,
+            device="cuda",
+            precision="bf16",
+        )
+    return dict(
+        size="small", depth=None, batch=16, g=224, l=98, n_local=8, k=65536, device="cpu", precision="fp32"
+    )
+
+
+def make_batch(s: dict, device: str) -> dict:
+    from cellfm.transforms import MaskCollator
+
+    g = torch.Generator().manual_seed(0)
+    b = s["batch"]
+    samples = [
+        {
+            "global_crops": [torch.randn(3, s["g"], s["g"], generator=g) for _ in range(2)],
+            "local_crops": [torch.randn(3, s["l"], s["l"], generator=g) for _ in range(s["n_local"])],
+        }
+        for _ in range(b)
+    ]
+    batch = MaskCollator(global_crops_size=s["g"], patch_size=14, seed=0)(samples)
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# -- the reference step from the official modules -----------------------------------------------
+class OfficialStep:
+    def __init__(self, s: dict, device: str):
+        from dinov2.layers import DINOHead
+        from dinov2.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
+        from dinov2.models import vision_transformer as vits
+
+        kw = dict(patch_size=14, img_size=s["g"], init_values=1e-5, block_chunks=0)
+        arch = {"small": vits.vit_small, "large": vits.vit_large}[s["size"]]
+
+        def make(drop_path: float) -> torch.nn.ModuleDict:
+            backbone = arch(**kw, drop_path_rate=drop_path, drop_path_uniform=True)
+            if s["depth"]:
+                backbone.blocks = backbone.blocks[: s["depth"]]
+            return torch.nn.ModuleDict(
+                {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, s["k"])}
+            )
+
+        self.student = make(0.3).to(device)
+        # The official head uses torch.nn.utils.weight_norm, which cannot be deep-copied.
+        self.teacher = make(0.0).to(device).eval()
+        self.teacher.load_state_dict(self.student.state_dict())
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.dino, self.ibot, self.koleo = (
+            DINOLoss(s["k"]).to(device),
+            iBOTPatchLoss(s["k"]).to(device),
+            KoLeoLoss(),
+        )
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-4)
+        self.n_local = s["n_local"]
+        self.autocast = s["precision"] == "bf16"
+
+    def __call__(self, batch: dict) -> None:
+        glob, local, masks = (
+            batch["collated_global_crops"],
+            batch["collated_local_crops"],
+            batch["collated_masks"],
+        )
+        idx = batch["mask_indices_list"]
+        n_masked = idx.shape[0]
+        weight = batch["masks_weight"]
+        n_terms = 2 + 2 * self.n_local
+        with torch.autocast(glob.device.type, torch.bfloat16, enabled=self.autocast):
+            with torch.no_grad():
+                t_out = self.teacher["backbone"](glob, is_training=True)
+                t_cls = torch.cat(t_out["x_norm_clstoken"].chunk(2)[::-1])
+                t_patch = t_out["x_norm_patchtokens"].flatten(0, 1)[idx]
+                t_logits = self.teacher["dino_head"](torch.cat([t_cls, t_patch]))
+                t_dino = self.dino.softmax_center_teacher(t_logits[: len(t_cls)], teacher_temp=0.07).view(
+                    2, -1, t_logits.shape[-1]
+                )
+                self.dino.update_center(t_logits[: len(t_cls)])
+                t_ibot = self.ibot.softmax_center_teacher(
+                    t_logits[len(t_cls) :].unsqueeze(0), teacher_temp=0.07
+                ).squeeze(0)
+                self.ibot.update_center(t_logits[len(t_cls) :].unsqueeze(0))
+            s_glob = self.student["backbone"](glob, masks=masks, is_training=True)  # one group at a time
+            s_loc = self.student["backbone"](local, is_training=True)
+            s_patch = s_glob["x_norm_patchtokens"].flatten(0, 1)[idx]
+            logits = self.student["dino_head"](
+                torch.cat([s_loc["x_norm_clstoken"], s_glob["x_norm_clstoken"], s_patch])
+            )
+            nl = s_loc["x_norm_clstoken"].shape[0]
+            ng = s_glob["x_norm_clstoken"].shape[0]
+            loc_l, glob_l, patch_l = logits[:nl], logits[nl : nl + ng], logits[nl + ng :]
+        loss = self.dino(list(loc_l.chunk(self.n_local)), t_dino) / n_terms
+        loss = loss + self.dino([glob_l], [t_dino.flatten(0, 1)]) * 2 / n_terms
+        loss = loss + 0.1 * sum(self.koleo(c) for c in s_glob["x_norm_clstoken"].chunk(2))
+        loss = loss + self.ibot.forward_masked(
+            patch_l, t_ibot, student_masks_flat=masks, n_masked_patches=n_masked, masks_weight=weight
+        )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for m in self.student.values():
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 3.0)
+        self.opt.step()
+        with torch.no_grad():
+            for t, p in zip(self.teacher.parameters(), self.student.parameters()):
+                t.mul_(0.994).add_(p.detach(), alpha=0.006)
+
+
+# -- the cellfm step -----------------------------------------------------------------------------
+class CellfmStep:
+    def __init__(self, s: dict, device: str, pack: bool, subset: bool):
+        from cellfm.models.config import backbone_from_config
+        from cellfm.models.layers import Block
+        from cellfm.ssl.config import load_ssl_config
+        from cellfm.ssl.meta_arch import SSLMetaArch
+
+        overrides = [
+            f"model.size={s['size']}",
+            "model.patch_size=14",
+            f"model.img_size={s['g']}",
+            "model.in_chans=3",
+            "model.drop_path_rate=0.3",
+            f"augment.crops.global_crops_size={s['g']}",
+            f"augment.crops.local_crops_size={s['l']}",
+            f"dino.head.n_prototypes={s['k']}",
+            f"ibot.head.n_prototypes={s['k']}",
+            f"train.pack_crops={str(pack).lower()}",
+            f"train.precision={s['precision']}",
+            f"train.batch_size_per_device={s['batch']}",
+        ]
+        if s["depth"]:
+            overrides.append(f"model.depth={s['depth']}")
+        cfg = load_ssl_config("default", overrides)
+        self.meta = SSLMetaArch(cfg, backbone_from_config(cfg.model)).to(device)
+        for m in self.meta.modules():
+            if isinstance(m, Block):
+                m.subset_stochastic_depth = subset
+        self.opt = torch.optim.AdamW([p for p in self.meta.student.parameters() if p.requires_grad], lr=1e-4)
+
+    def __call__(self, batch: dict) -> None:
+        self.meta.train()
+        self.meta.teacher.eval()
+        self.opt.zero_grad(set_to_none=True)
+        self.meta.forward_backward(batch, 0.07)
+        for m in self.meta.student.values():
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 3.0)
+        self.opt.step()
+        self.meta.update_teacher(0.994)
+
+
+def build(row: tuple, s: dict, device: str):
+    torch.manual_seed(0)
+    _, pack, subset = row
+    return OfficialStep(s, device) if pack is None else CellfmStep(s, device, pack, subset)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _child(row_index: int, s: dict, queue) -> None:
+    device = s["device"]
+    step, batch = build(ROWS[row_index], s, device), make_batch(s, device)
+    step(batch)
+    _sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step(batch)
+        queue.put(torch.cuda.max_memory_allocated() / 2**20)
+        return
+    import gc
+
+    gc.collect()
+    with PeakRSS() as mem:
+        step(batch)
+    queue.put(mem.delta_mb)
+
+
+def peak_memory(i: int, s: dict) -> float:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(i, s, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="ViT-L/14, bf16, batch 32 on CUDA")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    s = settings(args)
+    if args.gpu and not torch.cuda.is_available():
+        sys.exit("--gpu needs a CUDA device")
+    rounds = 1 if args.tiny else args.rounds
+    batch = make_batch(s, s["device"])
+    steps = [build(r, s, s["device"]) for r in ROWS]
+    times = [[] for _ in ROWS]
+    for st in steps:  # warm-up
+        st(batch)
+    for _ in range(rounds):
+        for i, st in enumerate(steps):
+            _sync(s["device"])
+            t = time.perf_counter()
+            st(batch)
+            _sync(s["device"])
+            times[i].append(time.perf_counter() - t)
+    del steps
+    rows = []
+    for i, (name, pack, subset) in enumerate(ROWS):
+        dt = statistics.median(times[i])
+        rows.append(
+            {
+                "step": name,
+                "packing": pack,
+                "subset_sd": subset,
+                "s_per_step": dt,
+                "images_per_s": s["batch"] / dt,
+                "peak_mem_mb": peak_memory(i, s),
+            }
+        )
+    ref = rows[0]
+    for r in rows:
+        r["speedup"] = ref["s_per_step"] / r["s_per_step"]
+        r["memory_ratio"] = r["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-9)
+    print(
+        f"SSL step, ViT-{s['size']}/14, batch {s['batch']} (2 x {s['g']} + {s['n_local']} x {s['l']}), "
+        f"{s['precision']} on {s['device']}, K={s['k']}"
+    )
+    print(table(rows, ["step", "s_per_step", "images_per_s", "peak_mem_mb", "speedup", "memory_ratio"]))
+    name = "ssl_step_gpu" if args.gpu else "ssl_step"
+    print(f"saved {save(name, {'machine': machine(), 'settings': s, 'rows': rows}, args.tiny)}")
+
+
+if __name__ == "__main__":
+    main()
