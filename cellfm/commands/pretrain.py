@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, exports)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many total steps")
     p.add_argument(
+        "--minutes", type=float, default=None, help="stop (and checkpoint) after this much training time"
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         default=[],
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if not data:
         raise ValueError("no DATA stores given")
     cfg = load_ssl_config(args.config, overrides)
-    last = pretrain(cfg, data, args.output, steps=args.steps)
+    limit = args.minutes * 60 if args.minutes is not None else None
+    last = pretrain(cfg, data, args.output, steps=args.steps, time_limit_s=limit)
     if last:
         print(f"step {last['step'] + 1}: loss {last['loss']:.4f}; outputs in {args.output}")
     return 0

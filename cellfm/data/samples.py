@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .writer import create_plate, write_image
+from .writer import create_plate, with_version, write_image
 
 
 def _bio_sample_file(name: str) -> Path:
@@ -53,8 +54,39 @@ def heldout_nuclei() -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def write_sample_plate(out: str | Path, version: str = "0.4", timelapse_frames: int = 4) -> str:
-    """An OME-Zarr HCS plate with one well per training image (channel "DNA"); returns its path."""
+def otsu_objects(img: np.ndarray, min_size: int = 40) -> np.ndarray:
+    """Instance labels of bright objects: Otsu threshold of the smoothed image, connected components."""
+    from skimage import filters, measure, segmentation
+
+    smooth = filters.gaussian(img.astype(np.float32), 1.5, preserve_range=True)
+    lab = measure.label(smooth > filters.threshold_otsu(smooth))
+    lab[np.bincount(lab.ravel())[lab] < min_size] = 0
+    return segmentation.relabel_sequential(lab)[0].astype(np.uint32)
+
+
+def object_labels(name: str, img: np.ndarray) -> np.ndarray:
+    """Labels for a training image: stardist's own mask for its image, Otsu objects otherwise."""
+    if name == "stardist_nuclei":
+        from stardist.data import test_image_nuclei_2d
+
+        return np.asarray(test_image_nuclei_2d(return_mask=True)[1], dtype=np.uint32)
+    return otsu_objects(img)
+
+
+def write_labels(field: Any, labels: np.ndarray, name: str, version: str) -> None:
+    """An NGFF `labels/<name>` image (one channel) inside a field group."""
+    group = field.require_group("labels")
+    group.attrs.update(with_version(version, {"labels": [name]}))
+    write_image(
+        group.require_group(name), labels[None], [name], version, chunk=256, min_level_size=labels.shape[-1]
+    )
+
+
+def write_sample_plate(
+    out: str | Path, version: str = "0.4", timelapse_frames: int = 4, labels: bool = True
+) -> str:
+    """An OME-Zarr HCS plate with one well per training image (channel "DNA") and, with `labels`,
+    a `labels/nuclei` object image per field; returns its path."""
     images = training_images(timelapse_frames)
     wells = {f"A/{i + 1}": ["0"] for i in range(len(images))}
     root = create_plate(str(out), "cellfm-samples", wells, version, mode="w")
@@ -62,4 +94,6 @@ def write_sample_plate(out: str | Path, version: str = "0.4", timelapse_frames: 
         grp = root[well].require_group("0")
         write_image(grp, img[None], ["DNA"], version, chunk=256, min_level_size=128)
         grp.attrs["cellfm_source_image"] = name
+        if labels:
+            write_labels(grp, object_labels(name, img), "nuclei", version)
     return str(out)

@@ -88,7 +88,7 @@ class TrainConfig:
     iters_per_epoch: int = OFFICIAL_EPOCH_LENGTH
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    pack_crops: bool = True
+    pack_crops: bool | None = None  # None: pack on CUDA only (on CPU the concatenation costs more than it saves)
     checkpoint_every: int = 1250
     export_every: int = 0  # 0: export the backbone only with checkpoints and at the end
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)
@@ -159,9 +159,14 @@ def load_ssl_config(name_or_path: str | Path = "default", overrides: list[str] |
     data = read_yaml_config("default")
     if str(name_or_path) != "default":
         recipe = read_yaml_config(name_or_path)
-        if isinstance(recipe.get("augment"), str):
-            # `augment: cellpainting5` names a shipped augmentation recipe (configs/augment_<name>.yaml).
-            recipe["augment"] = read_yaml_config(f"augment_{recipe['augment']}")
+        aug = recipe.get("augment")
+        # `augment: cellpainting5` names a shipped augmentation recipe (configs/augment_<name>.yaml);
+        # `augment: {recipe: nuclei1, crops: {...}}` uses one with changes.
+        if isinstance(aug, str):
+            aug = {"recipe": aug}
+        if isinstance(aug, dict) and "recipe" in aug:
+            base = read_yaml_config(f"augment_{aug.pop('recipe')}")
+            recipe["augment"] = merge(base, aug)
             data["augment"] = {}
         data = merge(data, recipe)
     data = apply_overrides(data, list(overrides or []))

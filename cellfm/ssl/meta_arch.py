@@ -98,7 +98,8 @@ class SSLMetaArch(nn.Module):
         with autocast:
             dino_t, ibot_t = self._teacher_targets(glob, masks, idx, teacher_temp)
             backbone = self.runners["backbone"]
-            if cfg.train.pack_crops and n_local:
+            pack = cfg.train.pack_crops if cfg.train.pack_crops is not None else glob.is_cuda
+            if pack and n_local:
                 s_glob, s_loc = backbone([glob, local], [masks, None], is_training=True)
             else:
                 s_glob = backbone(glob, masks, is_training=True)

@@ -212,8 +212,9 @@ class Trainer:
         self.step += 1
         return row
 
-    def train(self, steps: int | None = None) -> dict[str, float]:
-        """Run until `steps` total steps (default: the whole schedule); resumable."""
+    def train(self, steps: int | None = None, time_limit_s: float | None = None) -> dict[str, float]:
+        """Run until `steps` total steps (default: the whole schedule) or `time_limit_s` seconds of
+        training, whichever comes first; checkpoints at the end. Resumable."""
         cfg = self.cfg
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +226,12 @@ class Trainer:
         batches = self.data.from_step(self.step)
         bar = tqdm(total=end, initial=self.step, disable=not self.info.is_main, desc="pretrain", unit="step")
         last: dict[str, float] = {}
+        started = time.perf_counter()
         while self.step < end:
+            if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
+                log.info("time limit reached at step %d; saving", self.step)
+                self.save()
+                break
             last = self.train_step(next(batches))
             self.monitor.log(last)
             bar.set_postfix(
@@ -245,10 +251,14 @@ class Trainer:
 
 
 def pretrain(
-    cfg: SSLConfig, sources: list[str], out_dir: str | Path, steps: int | None = None
+    cfg: SSLConfig,
+    sources: list[str],
+    out_dir: str | Path,
+    steps: int | None = None,
+    time_limit_s: float | None = None,
 ) -> dict[str, float]:
     """Train (or resume) into `out_dir`; returns the last step's metrics."""
-    return Trainer(cfg, sources, out_dir).train(steps)
+    return Trainer(cfg, sources, out_dir).train(steps, time_limit_s)
 
 
 __all__ = ["Trainer", "build_schedules", "load_frozen_teacher", "pretrain"]
