@@ -49,13 +49,13 @@ class BagOfChannels(nn.Module):
         folded["masks"] = masks
         return folded
 
-    def forward_features_list(self, xs: list[torch.Tensor], masks_list=None) -> list[dict]:
+    def forward_features_list(self, xs: list[torch.Tensor], masks_list=None, pack: bool = True) -> list[dict]:
         masks_list = masks_list or [None] * len(xs)
         flats = [x.reshape(x.shape[0] * x.shape[1], 1, *x.shape[2:]) for x in xs]
         flat_masks = [
             m.repeat_interleave(x.shape[1], 0) if m is not None else None for x, m in zip(xs, masks_list)
         ]
-        outs = self.backbone.forward_features_list(flats, flat_masks)
+        outs = self.backbone.forward_features_list(flats, flat_masks, pack)
         result = []
         for x, m, out in zip(xs, masks_list, outs):
             folded = {k: _fold(v, x.shape[0], x.shape[1]) for k, v in out.items() if k != "masks"}

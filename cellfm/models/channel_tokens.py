@@ -82,8 +82,10 @@ class ChannelTokensViT(VisionTransformer):
             tokens = blk(tokens)
         return self._split_channels(self._named_outputs(tokens, masks), x.shape[1])
 
-    def forward_features_list(self, xs, masks_list=None) -> list[dict]:
+    def forward_features_list(self, xs, masks_list=None, pack: bool = True) -> list[dict]:
         masks_list = masks_list or [None] * len(xs)
+        if not pack:
+            return [self.forward_features(x, m) for x, m in zip(xs, masks_list)]
         tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
         for blk in self.blocks:
             tokens = blk(tokens)

@@ -177,12 +177,14 @@ class VisionTransformer(nn.Module):
         return self._named_outputs(x, masks)
 
     def forward_features_list(
-        self, xs: list[torch.Tensor], masks_list: list[torch.Tensor | None] | None = None
+        self, xs: list[torch.Tensor], masks_list: list[torch.Tensor | None] | None = None, pack: bool = True
     ) -> list[dict]:
         """`forward_features` for several batches of different sizes (e.g. global and local crops)
         in one pass: every block runs its linear layers once over all tokens (see Block.forward_packed).
         Equal to calling `forward_features` on each batch."""
         masks_list = masks_list or [None] * len(xs)
+        if not pack:
+            return [self.forward_features(x, m) for x, m in zip(xs, masks_list)]
         tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
         for blk in self.blocks:
             tokens = blk(tokens)
@@ -225,11 +227,12 @@ class VisionTransformer(nn.Module):
             return tuple(zip(outputs, class_tokens))
         return tuple(outputs)
 
-    def forward(self, x, masks=None, is_training: bool = False):
+    def forward(self, x, masks=None, is_training: bool = False, pack: bool = True):
         """CLS embedding; with `is_training` the full output dict. A list of batches (e.g. global and
-        local crops) runs packed through `forward_features_list` and returns a list of dicts."""
+        local crops) goes through `forward_features_list` (packed unless `pack=False`) in one call, so
+        DDP / FSDP see one forward per step, and returns a list of dicts."""
         if isinstance(x, list):
-            return self.forward_features_list(x, masks)
+            return self.forward_features_list(x, masks, pack)
         out = self.forward_features(x, masks)
         return out if is_training else self.head(out["x_norm_clstoken"])
 

@@ -88,7 +88,9 @@ class TrainConfig:
     iters_per_epoch: int = OFFICIAL_EPOCH_LENGTH
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    pack_crops: bool | None = None  # None: pack on CUDA only (on CPU the concatenation costs more than it saves)
+    pack_crops: bool | None = (
+        None  # None: pack on CUDA only (on CPU the concatenation costs more than it saves)
+    )
     checkpoint_every: int = 1250
     export_every: int = 0  # 0: export the backbone only with checkpoints and at the end
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)

@@ -99,11 +99,10 @@ class SSLMetaArch(nn.Module):
             dino_t, ibot_t = self._teacher_targets(glob, masks, idx, teacher_temp)
             backbone = self.runners["backbone"]
             pack = cfg.train.pack_crops if cfg.train.pack_crops is not None else glob.is_cuda
-            if pack and n_local:
-                s_glob, s_loc = backbone([glob, local], [masks, None], is_training=True)
+            if n_local:  # one call per step (DDP / FSDP hooks), packed or not
+                s_glob, s_loc = backbone([glob, local], [masks, None], is_training=True, pack=pack)
             else:
-                s_glob = backbone(glob, masks, is_training=True)
-                s_loc = backbone(local, is_training=True) if n_local else None
+                s_glob, s_loc = backbone(glob, masks, is_training=True), None
             g_cls = s_glob["x_norm_clstoken"]
             s_masked = s_glob["x_norm_patchtokens"].flatten(0, 1)[idx]
             head_in = [g_cls] + ([s_loc["x_norm_clstoken"]] if n_local else [])
