@@ -54,5 +54,12 @@ def test_napari_segmentation_example(qtbot):
 
 
 def teardown_module():
-    for name in ("pretrain_plate", "continue_from_dinov2", "distill", "embed_and_analyze", "napari_segmentation", "_tiny"):
+    for name in (
+        "pretrain_plate",
+        "continue_from_dinov2",
+        "distill",
+        "embed_and_analyze",
+        "napari_segmentation",
+        "_tiny",
+    ):
         sys.modules.pop(name, None)

@@ -16,7 +16,9 @@ from cellfm.ssl.train import Trainer
 from .test_ssl_train import TINY
 
 
-@pytest.mark.parametrize("name", [n for n in list_configs() if n.startswith(("train/", "distill/")) or n == "cpu_tiny"])
+@pytest.mark.parametrize(
+    "name", [n for n in list_configs() if n.startswith(("train/", "distill/")) or n == "cpu_tiny"]
+)
 def test_shipped_recipes_resolve(name):
     extra = ["distillation.teacher_checkpoint=RUN"] if name.startswith("distill/") else []
     cfg = load_ssl_config(name, extra)
@@ -46,7 +48,10 @@ def two_channel_plate(tmp_path_factory):
 
 
 def test_bag_of_channels_trains_on_single_channel_crops_and_exports_the_wrapper(two_channel_plate, tmp_path):
-    cfg = load_ssl_config("cpu_tiny", TINY + ["model.channel_strategy=bag_of_channels", "augment.channels={bag_of_channels: true}"])
+    cfg = load_ssl_config(
+        "cpu_tiny",
+        TINY + ["model.channel_strategy=bag_of_channels", "augment.channels={bag_of_channels: true}"],
+    )
     trainer = Trainer(cfg, [two_channel_plate], tmp_path / "boc")
     batch = next(trainer.data.from_step(0))
     assert batch["collated_global_crops"].shape[1] == 1
@@ -64,8 +69,9 @@ def test_continue_from_an_official_rgb_checkpoint(two_channel_plate, tmp_path, d
     )
     path = tmp_path / "official.pth"
     torch.save(official.state_dict(), path)
-    cfg = load_ssl_config("cpu_tiny", TINY + [f"model.pretrained={path}", "model.in_chans=2",
-                                              "augment.channels.num_channels=2"])
+    cfg = load_ssl_config(
+        "cpu_tiny", TINY + [f"model.pretrained={path}", "model.in_chans=2", "augment.channels.num_channels=2"]
+    )
     trainer = Trainer(cfg, [two_channel_plate], tmp_path / "cont")
     student = trainer.meta.student["backbone"]
     assert student.patch_embed.proj.weight.shape[1] == 2
@@ -76,8 +82,9 @@ def test_continue_from_an_official_rgb_checkpoint(two_channel_plate, tmp_path, d
 
 
 def test_bf16_autocast_step_is_finite(two_channel_plate, tmp_path):
-    cfg = load_ssl_config("cpu_tiny", TINY + ["train.precision=bf16", "model.in_chans=2",
-                                              "augment.channels.num_channels=2"])
+    cfg = load_ssl_config(
+        "cpu_tiny", TINY + ["train.precision=bf16", "model.in_chans=2", "augment.channels.num_channels=2"]
+    )
     trainer = Trainer(cfg, [two_channel_plate], tmp_path / "bf16")
     row = trainer.train_step(next(trainer.data.from_step(0)))
     assert np.isfinite(row["loss"]) and row["loss"] > 0
