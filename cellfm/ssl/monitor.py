@@ -64,6 +64,15 @@ class Monitor:
                 row["step"],
                 row["teacher_entropy"],
             )
+        if row["teacher_entropy"] > 0.98 and row["step"] >= 100 and "uniform" not in self._warned:
+            self._warned.add("uniform")
+            log.warning(
+                "step %d: teacher entropy %.3f of log(K): the teacher's targets are nearly uniform (the "
+                "DINO loss sits at log K and teaches nothing); lower teacher.teacher_temp / "
+                "warmup_teacher_temp, raise model.init_values, or lower the learning rate",
+                row["step"],
+                row["teacher_entropy"],
+            )
         if row["feature_std"] < 1e-3 and row["step"] > 10 and "std" not in self._warned:
             self._warned.add("std")
             log.warning(
