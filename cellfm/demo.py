@@ -194,6 +194,7 @@ def run_demo(
     cluster(adata, n_neighbors=10, resolution=0.8)
     for path in plot_umap(adata, report / "umap", colors=("leiden", "well")):
         path.replace(report / path.name)
+    (report / "umap").rmdir()
     summary["leiden_clusters"] = int(adata.obs["leiden"].nunique())
     adata.write_h5ad(out / "cells_clustered.h5ad")
     done("cluster")
