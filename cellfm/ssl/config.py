@@ -99,6 +99,19 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """kNN evaluation during training on a labelled holdout (stores + a well CSV with labels)."""
+
+    knn_every: int = 0  # steps between evaluations; 0 disables
+    stores: list[str] | None = None
+    labels_csv: str | None = None  # CSV with a `well` column and the label column
+    label_column: str = "label"
+    level: str = "field"  # field | tile | cell (cell needs `labels`)
+    labels: str | None = None  # labels/ image name for level: cell
+    k: int = 20
+
+
+@dataclass
 class DistillConfig:
     """Distillation: a frozen teacher (backbone + heads from a cellfm run) teaches a smaller student."""
 
@@ -117,6 +130,7 @@ class SSLConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distillation: DistillConfig = field(default_factory=DistillConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> SSLConfig:
         p = self.model.patch_size
@@ -145,6 +159,9 @@ class SSLConfig:
                 f"data.field_crop_size {self.data.field_crop_size} is smaller than the global crops "
                 f"({crops.global_crops_size})"
             )
+        ev = self.evaluation
+        if ev.knn_every and not (ev.stores and ev.labels_csv):
+            raise ValueError("evaluation.knn_every needs evaluation.stores and evaluation.labels_csv")
         if self.distillation.enabled and not self.distillation.teacher_checkpoint:
             raise ValueError(
                 "distillation.enabled needs distillation.teacher_checkpoint (a cellfm run's checkpoint)"

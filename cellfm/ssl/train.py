@@ -150,14 +150,17 @@ class Trainer:
             self.export()
         barrier()
 
-    def export(self) -> list[Path]:
+    def export_model(self) -> nn.Module:
+        """The output backbone (teacher, or student EMA when distilling) in its channel-strategy wrapper."""
         out_model = self.meta.output_model
         template = self.export_template
         if template is not out_model["backbone"] and hasattr(template, "backbone"):
             template.backbone.load_state_dict(full_state_dict(out_model["backbone"]))
-            model = template
-        else:
-            model = out_model["backbone"]
+            return template
+        return out_model["backbone"]
+
+    def export(self) -> list[Path]:
+        model = self.export_model()
         extra = {"trained_steps": self.step, "recipe": "cellfm pretrain", "distilled": self.meta.distilling}
         return export_backbone(
             self.out, model, channel_names=self.data.channels, normalization=self._norm(), extra=extra
@@ -166,6 +169,20 @@ class Trainer:
     def _norm(self) -> dict:
         a = self.cfg.augment
         return {"input": asdict(a.input_norm), "output": asdict(a.output_norm)}
+
+    def knn_eval(self) -> float:
+        """Leave-fold-out kNN accuracy of the current output backbone on the labelled holdout."""
+        from ..analysis import knn_accuracy
+        from ..embed import embed
+
+        ev = self.cfg.evaluation
+        model = self.export_model().eval()
+        adata = embed(list(ev.stores), model, None, level=ev.level, labels=ev.labels, metadata=ev.labels_csv)
+        if ev.label_column not in adata.obs:
+            raise KeyError(f"{ev.labels_csv}: no column {ev.label_column!r} for the kNN evaluation")
+        keep = adata.obs[ev.label_column].notna().to_numpy()  # wells without a label are not scored
+        y = adata.obs[ev.label_column][keep].astype(str).to_numpy()
+        return knn_accuracy(adata.X[keep], y, k=ev.k)
 
     # -- the loop -------------------------------------------------------------------------------
     def _apply_schedules(self, values: dict[str, float]) -> None:
@@ -233,6 +250,11 @@ class Trainer:
                 self.save()
                 break
             last = self.train_step(next(batches))
+            knn_every = cfg.evaluation.knn_every
+            if knn_every and self.step % knn_every == 0 and self.info.is_main:
+                last["knn_accuracy"] = self.knn_eval()
+                self.meta.train()
+                self.meta.teacher.eval()
             self.monitor.log(last)
             bar.set_postfix(
                 loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", img_s=f"{last['images_per_s']:.1f}"
