@@ -153,7 +153,7 @@ def test_cli_embed_and_errors(tmp_path, model_path, capsys):
         ["embed", store, "--model", model_path, "--output", str(tmp_path / "x.h5ad"), "--channels", "DNA"]
     )
     assert rc == 1 and "expects 2 channels" in capsys.readouterr().err
-    rc = main(["embed", store, "--output", str(tmp_path / "y.h5ad")])  # no shipped default model yet
-    assert rc == 1 and "default cellfm model" in capsys.readouterr().err
-    assert not (tmp_path / "x.h5ad").exists() and not (tmp_path / "y.h5ad").exists()
+    rc = main(["embed", store, "--output", str(tmp_path / "y.h5ad")])  # the shipped default model
+    assert rc == 0 and "2 rows x 192 features (level field)" in capsys.readouterr().out
+    assert not (tmp_path / "x.h5ad").exists() and (tmp_path / "y.h5ad").exists()
     assert os.path.exists(out)

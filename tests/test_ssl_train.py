@@ -75,7 +75,7 @@ def test_pretrain_writes_metrics_checkpoints_and_official_exports(plate, tmp_pat
     ):
         assert all(isinstance(r[key], float) for r in rows), key
     assert rows[0]["lr"] == 0.0 and rows[2]["lr"] > 0  # warmup from zero
-    assert rows[-1]["teacher_temp"] == pytest.approx(0.07)
+    assert rows[-1]["teacher_temp"] == pytest.approx(_cfg().teacher.teacher_temp)
     for name in ("config.yaml", "checkpoint.pt", "backbone.safetensors", "backbone.pth", "loss_curve.png"):
         assert (out / name).is_file(), name
     saved = load_ssl_config(out / "config.yaml")
