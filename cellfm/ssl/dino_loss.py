@@ -5,34 +5,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .teacher_targets import Centering, sinkhorn_knopp
+from .teacher_targets import TeacherTargetLoss
 
 
-class DINOLoss(nn.Module):
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
-        super().__init__()
-        self.student_temp = student_temp
-        self.centering = Centering(out_dim, center_momentum)
-
-    @property
-    def center(self) -> torch.Tensor:
-        return self.centering.center
-
-    @torch.no_grad()
-    def teacher_probs(
-        self, teacher_logits: torch.Tensor, temp: float, method: str = "centering"
-    ) -> torch.Tensor:
-        """Teacher targets (B, K): centred softmax (and queue the centre update) or Sinkhorn-Knopp."""
-        if method == "centering":
-            probs = self.centering.softmax(teacher_logits, temp)
-            self.centering.update(teacher_logits.sum(dim=0, keepdim=True), len(teacher_logits))
-            return probs
-        if method == "sinkhorn_knopp":
-            return sinkhorn_knopp(teacher_logits, temp)
-        raise ValueError(f"unknown teacher target method {method!r}; use 'centering' or 'sinkhorn_knopp'")
-
+class DINOLoss(TeacherTargetLoss):
     def cross_entropy(
         self, student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor]
     ) -> torch.Tensor:

@@ -98,3 +98,30 @@ class Centering(nn.Module):
         mean = (packed[:-1] / packed[-1].clamp_min(1)).reshape(self.center.shape)
         self.center.mul_(self.momentum).add_(mean.to(self.center.dtype), alpha=1 - self.momentum)
         self._pending = None
+
+
+class TeacherTargetLoss(nn.Module):
+    """Base of the DINO and iBOT losses: a student temperature and the teacher-side targets."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.centering = Centering(out_dim, center_momentum)
+
+    @property
+    def center(self) -> torch.Tensor:
+        return self.centering.center
+
+    @torch.no_grad()
+    def teacher_probs(
+        self, teacher_logits: torch.Tensor, temp: float, method: str = "centering"
+    ) -> torch.Tensor:
+        """Targets (rows, K): centred softmax (queueing the centre update: the global mean over rows;
+        DINOv2's iBOT averages per-rank means instead) or Sinkhorn-Knopp over the global batch."""
+        if method == "centering":
+            probs = self.centering.softmax(teacher_logits, temp)
+            self.centering.update(teacher_logits.float().sum(dim=0, keepdim=True), len(teacher_logits))
+            return probs
+        if method == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_logits, temp, n_samples=len(teacher_logits))
+        raise ValueError(f"unknown teacher target method {method!r}; use 'centering' or 'sinkhorn_knopp'")
