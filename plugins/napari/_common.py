@@ -39,6 +39,15 @@ class WorkerWidget(Container):
         self.busy = False
         self.last_error: str | None = None
 
+    def image_inputs(self) -> tuple[ComboBox, ComboBox]:
+        """The image-layer and channel-axis pickers of the image widgets, kept in step with the layer list."""
+        image = image_combo(self.viewer)
+        axis = ComboBox(label="channel axis", choices=lambda _widget=None: channel_axis_choices(image.value))
+        image.changed.connect(lambda *_: axis.reset_choices())
+        self.viewer.layers.events.inserted.connect(self.reset_choices)
+        self.viewer.layers.events.removed.connect(self.reset_choices)
+        return image, axis
+
     def fail(self, message: str) -> None:
         self.last_error = message
         self.status.value = f"error: {message}"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, PushButton, SpinBox
+from magicgui.widgets import Container, PushButton, SpinBox
 
 from cellfm.segment import cluster_patches, pca_rgb
 
-from ._common import WorkerWidget, channel_axis_choices, current_slice, image_combo, layer_array
+from ._common import WorkerWidget, current_slice, layer_array
 from ._state import get_state
 
 if TYPE_CHECKING:
@@ -21,8 +21,7 @@ class FeatureExplorerWidget(WorkerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, labels=True)
-        self.image = image_combo(viewer)
-        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices)
+        self.image, self.channel_axis = self.image_inputs()
         self.k = SpinBox(label="clusters", value=4, min=2, max=64)
         self.pca_btn = PushButton(text="PCA to RGB")
         self.cluster_btn = PushButton(text="Cluster patches")
@@ -30,18 +29,8 @@ class FeatureExplorerWidget(WorkerWidget):
             [self.image, self.channel_axis, self.k,
              Container(widgets=[self.pca_btn, self.cluster_btn], layout="horizontal"), self.status]
         )  # fmt: skip
-        self.image.changed.connect(self._update_axes)
         self.pca_btn.changed.connect(self.pca)
         self.cluster_btn.changed.connect(self.cluster)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        self._update_axes()
-
-    def _axis_choices(self, _widget=None) -> list[str]:
-        return channel_axis_choices(self.image.value if hasattr(self, "image") else None)
-
-    def _update_axes(self, *_):
-        self.channel_axis.reset_choices()
 
     def _slice(self) -> tuple[np.ndarray, int | None]:
         if self.image.value is None:

@@ -11,9 +11,7 @@ from cellfm.segment import CLASSIFIERS, ScribbleSegmenter
 
 from ._common import (
     WorkerWidget,
-    channel_axis_choices,
     current_slice,
-    image_combo,
     labels_combo,
     layer_array,
 )
@@ -31,8 +29,7 @@ class SegmentationWidget(WorkerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, labels=True)
-        self.image = image_combo(viewer)
-        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices)
+        self.image, self.channel_axis = self.image_inputs()
         self.scribbles = labels_combo(viewer, "scribbles")
         self.new_scribbles = PushButton(text="New scribble layer")
         self.classifier = ComboBox(label="classifier", choices=list(CLASSIFIERS), value="logistic")
@@ -49,20 +46,10 @@ class SegmentationWidget(WorkerWidget):
              Container(widgets=[self.train_btn, self.predict_btn, self.predict_all_btn], layout="horizontal"),
              self.status]
         )  # fmt: skip
-        self.image.changed.connect(self._update_axes)
         self.new_scribbles.changed.connect(self.add_scribble_layer)
         self.train_btn.changed.connect(self.train)
         self.predict_btn.changed.connect(lambda: self.predict(all_slices=False))
         self.predict_all_btn.changed.connect(lambda: self.predict(all_slices=True))
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        self._update_axes()
-
-    def _axis_choices(self, _widget=None) -> list[str]:
-        return channel_axis_choices(self.image.value if hasattr(self, "image") else None)
-
-    def _update_axes(self, *_):
-        self.channel_axis.reset_choices()
 
     # -- data in canonical form: channels first (or none), then stack axes, then Y, X -----------
     def _image(self) -> tuple[np.ndarray, int | None]:

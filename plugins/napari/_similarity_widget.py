@@ -11,9 +11,7 @@ from cellfm.segment import similarity_map
 
 from ._common import (
     WorkerWidget,
-    channel_axis_choices,
     current_slice,
-    image_combo,
     layer_array,
     points_combo,
 )
@@ -30,8 +28,7 @@ class SimilarityWidget(WorkerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, labels=True)
-        self.image = image_combo(viewer)
-        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices)
+        self.image, self.channel_axis = self.image_inputs()
         self.points = points_combo(viewer, "points")
         self.new_points = PushButton(text="New points layer")
         self.reduce = ComboBox(label="combine points", choices=["max", "mean"], value="max")
@@ -40,20 +37,10 @@ class SimilarityWidget(WorkerWidget):
                      self.status])  # fmt: skip
         self._pending = False
         self._watched = None
-        self.image.changed.connect(self._update_axes)
         self.points.changed.connect(self._watch)
         self.new_points.changed.connect(self.add_points_layer)
         self.compute_btn.changed.connect(self.compute)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        self._update_axes()
         self._watch()
-
-    def _axis_choices(self, _widget=None) -> list[str]:
-        return channel_axis_choices(self.image.value if hasattr(self, "image") else None)
-
-    def _update_axes(self, *_):
-        self.channel_axis.reset_choices()
 
     def _watch(self, *_):
         if self._watched is not None:
