@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .models.bag_of_channels import BagOfChannels
 from .models.channel_adapt import adapt_patch_embed_weight
 from .models.factory import HUB_MODELS, build_backbone
@@ -255,12 +255,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_backbone(
     model: nn.Module,
     path: str | os.PathLike,
@@ -287,14 +281,5 @@ def save_backbone(
         **(extra or {}),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in target.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)}))
     return path

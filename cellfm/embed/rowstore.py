@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cellfm.atomic import atomic_write, atomic_write_text
 
 from .fields import FieldResult
 
@@ -50,7 +51,7 @@ class RowStore:
             raise ValueError(f"{self.path}: exists and is not a cellfm job folder (no {SIGNATURE_FILE})")
         self.rows.mkdir(parents=True, exist_ok=True)
         if not sig_file.is_file():
-            _atomic_write_text(sig_file, json.dumps(sig, indent=1))
+            atomic_write_text(sig_file, json.dumps(sig, indent=1))
         for stale in self.rows.glob(".*.tmp"):  # left by a killed writer
             stale.unlink(missing_ok=True)
         return len(self.done())
@@ -66,16 +67,7 @@ class RowStore:
         """Store a field's rows atomically (temp file + rename)."""
         arrays = {"X": result.X, "shape": np.asarray(result.shape)}
         arrays.update({f"col_{k}": np.asarray(v) for k, v in result.columns.items()})
-        fd, tmp = tempfile.mkstemp(dir=self.rows, prefix=f".{result.index:06d}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.part(result.index))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(self.part(result.index), lambda tmp: _savez(tmp, arrays), fsync=True)
 
     def columns(self, index: int) -> dict[str, np.ndarray]:
         """Per-row columns of a field (not X)."""
@@ -94,8 +86,6 @@ class RowStore:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
+        np.savez(f, **arrays)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +10,10 @@ import torch
 import yaml
 from torch import nn
 
+from ..atomic import atomic_write, atomic_write_text
 from ..checkpoints import save_backbone
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename over `path`: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -63,7 +46,7 @@ def load_training_state(out_dir: Path) -> dict[str, Any] | None:
 
 def save_config(out_dir: Path, cfg_dict: dict[str, Any]) -> Path:
     path = Path(out_dir) / "config.yaml"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg_dict, sort_keys=False)))
+    atomic_write_text(path, yaml.safe_dump(cfg_dict, sort_keys=False))
     return path
 
 
@@ -93,10 +76,5 @@ def export_backbone(
         atomic_write(path, lambda tmp: torch.save(sd, tmp))
         paths.append(path)
         meta = out_dir / "backbone.json"
-        atomic_write(
-            meta,
-            lambda tmp: Path(tmp).write_text(
-                json.dumps({"arch": backbone.arch.to_dict(), **extra}, indent=2)
-            ),
-        )
+        atomic_write_text(meta, json.dumps({"arch": backbone.arch.to_dict(), **extra}, indent=2))
     return paths
