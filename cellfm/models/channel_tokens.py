@@ -80,24 +80,12 @@ class ChannelTokensViT(VisionTransformer):
         tokens = self.prepare_tokens_with_masks(x, masks, channel_ids)
         for blk in self.blocks:
             tokens = blk(tokens)
-        return self._split_channels(self._named_outputs(tokens, masks), x.shape[1])
+        return self._named_outputs(tokens, masks, x)
 
-    def forward_features_list(self, xs, masks_list=None, pack: bool = True) -> list[dict]:
-        masks_list = masks_list or [None] * len(xs)
-        if not pack:
-            return [self.forward_features(x, m) for x, m in zip(xs, masks_list)]
-        tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
-        for blk in self.blocks:
-            tokens = blk(tokens)
-        return [
-            self._split_channels(self._named_outputs(t, m), x.shape[1])
-            for t, m, x in zip(tokens, masks_list, xs)
-        ]
-
-    @staticmethod
-    def _split_channels(out: dict, c: int) -> dict:
+    def _named_outputs(self, x, masks, images) -> dict:
+        out = super()._named_outputs(x, masks, images)
         patches = out["x_norm_patchtokens"]
-        per_channel = patches.reshape(patches.shape[0], c, -1, patches.shape[-1])
+        per_channel = patches.reshape(patches.shape[0], images.shape[1], -1, patches.shape[-1])
         out["x_norm_channel_patchtokens"] = per_channel
         out["x_norm_patchtokens"] = per_channel.mean(dim=1)
         return out

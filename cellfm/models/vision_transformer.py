@@ -158,7 +158,10 @@ class VisionTransformer(nn.Module):
         return tokens
 
     # -- outputs ----------------------------------------------------------------------------
-    def _named_outputs(self, x: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    def _named_outputs(
+        self, x: torch.Tensor, masks: torch.Tensor | None, images: torch.Tensor
+    ) -> dict[str, torch.Tensor | None]:
+        """The output dict from the final tokens `x` of the input batch `images`."""
         x_norm = self.norm(x)
         r = self.num_register_tokens
         return {
@@ -171,10 +174,10 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict:
         """Run the backbone; returns DINOv2's dict of normalised CLS / register / patch tokens."""
-        x = self.prepare_tokens_with_masks(x, masks)
+        tokens = self.prepare_tokens_with_masks(x, masks)
         for blk in self.blocks:
-            x = blk(x)
-        return self._named_outputs(x, masks)
+            tokens = blk(tokens)
+        return self._named_outputs(tokens, masks, x)
 
     def forward_features_list(
         self, xs: list[torch.Tensor], masks_list: list[torch.Tensor | None] | None = None, pack: bool = True
@@ -188,7 +191,7 @@ class VisionTransformer(nn.Module):
         tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
         for blk in self.blocks:
             tokens = blk(tokens)
-        return [self._named_outputs(t, m) for t, m in zip(tokens, masks_list)]
+        return [self._named_outputs(t, m, x) for t, m, x in zip(tokens, masks_list, xs)]
 
     def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
         p = self.patch_size
