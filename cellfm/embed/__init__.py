@@ -1,23 +1,20 @@
 """Inference at scale: tiles / cells of plates -> features -> AnnData (.h5ad / .zarr) + patch-feature store."""
 
-from .config import LEVELS, POOLINGS, EmbedConfig
-from .encoder import Encoder, load_model
-from .job import embed, run_embed
-from .patch_store import patch_anndata, read_patch_map
-from .pooling import find_objects, pool_objects
-from .tiling import tile_grid
+from cellfm._lazy import lazy_exports
 
-__all__ = [
-    "LEVELS",
-    "POOLINGS",
-    "EmbedConfig",
-    "Encoder",
-    "embed",
-    "find_objects",
-    "load_model",
-    "patch_anndata",
-    "pool_objects",
-    "read_patch_map",
-    "run_embed",
-    "tile_grid",
-]
+_EXPORTS = {
+    "EmbedConfig": "config",
+    "Encoder": "encoder",
+    "LEVELS": "config",
+    "POOLINGS": "config",
+    "embed": "job",
+    "find_objects": "pooling",
+    "load_model": "encoder",
+    "patch_anndata": "patch_store",
+    "pool_objects": "pooling",
+    "read_patch_map": "patch_store",
+    "run_embed": "job",
+    "tile_grid": "tiling",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -140,7 +140,7 @@ class SSLMetaArch(nn.Module):
             "dino_global_loss": dino_global.detach(),
             "dino_local_loss": dino_local.detach(),
             "ibot_loss": ibot.detach(),
-            "koleo_loss": koleo.detach() if torch.is_tensor(koleo) else torch.tensor(float(koleo)),
+            "koleo_loss": koleo.detach(),
             "teacher_entropy": entropy,
             "feature_std": feature_std,
         }

@@ -1,4 +1,5 @@
-"""Quality probes for a backbone: patch-level linear probe (segmentation F1) and kNN accuracy.
+"""Quality probe for a backbone: patch-level linear probe (segmentation F1); kNN accuracy lives in
+`cellfm.analysis.knn_accuracy`.
 
 The patch probe answers "do the patch tokens separate objects from background?": each patch gets
 the label of the majority of its pixels, a logistic regression is fitted on the patch features of
@@ -96,16 +97,3 @@ def patch_probe(
     )
     pixels = linear_probe_f1(pixel_patches(train_images, p), ytr, pixel_patches(test_images, p), yte)
     return {"backbone_f1": feats, "raw_pixels_f1": pixels}
-
-
-def knn_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20
-) -> float:
-    """Cosine kNN classification accuracy with majority vote (DINO's evaluation, unweighted)."""
-    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True).clip(1e-12)
-    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True).clip(1e-12)
-    k = min(k, len(a))
-    nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
-    votes = train_y[nearest]
-    pred = np.array([np.bincount(v).argmax() for v in votes])
-    return float((pred == test_y).mean())
