@@ -245,6 +245,8 @@ def main() -> None:
     if args.gpu and not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA device")
     rounds = 1 if args.tiny else args.rounds
+    if s["device"] == "cuda":
+        return report(s, args, *cuda_rows(s, rounds))
     batch = make_batch(s, s["device"])
     steps = [build(r, s, s["device"]) for r in ROWS]
     times = [[] for _ in ROWS]
@@ -258,6 +260,35 @@ def main() -> None:
             _sync(s["device"])
             times[i].append(time.perf_counter() - t)
     del steps
+    return report(s, args, times, [peak_memory(i, s) for i in range(len(ROWS))])
+
+
+def cuda_rows(s: dict, rounds: int) -> tuple[list[list[float]], list[float]]:
+    """On CUDA, one row at a time in this process: time it, read its peak memory, free it."""
+    import gc
+
+    batch = make_batch(s, "cuda")
+    times, peaks = [], []
+    for row in ROWS:
+        step = build(row, s, "cuda")
+        step(batch)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        row_times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            step(batch)
+            torch.cuda.synchronize()
+            row_times.append(time.perf_counter() - t)
+        times.append(row_times)
+        peaks.append(torch.cuda.max_memory_allocated() / 2**20)
+        del step
+        gc.collect()
+        torch.cuda.empty_cache()
+    return times, peaks
+
+
+def report(s: dict, args, times: list[list[float]], peaks: list[float]) -> None:
     rows = []
     for i, (name, pack, subset) in enumerate(ROWS):
         dt = statistics.median(times[i])
@@ -268,7 +299,7 @@ def main() -> None:
                 "subset_sd": subset,
                 "s_per_step": dt,
                 "images_per_s": s["batch"] / dt,
-                "peak_mem_mb": peak_memory(i, s),
+                "peak_mem_mb": peaks[i],
             }
         )
     ref = rows[0]
