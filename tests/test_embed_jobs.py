@@ -74,6 +74,21 @@ def test_local_cluster_of_two_workers_splits_fields(tmp_path, model_path):
     np.testing.assert_allclose(patch_anndata(tmp_path / "d_pf.zarr").X, patch_anndata(tmp_path / "s.zarr").X)
 
 
+def test_workers_flag_splits_fields_over_processes(tmp_path, model_path):
+    """`cellfm embed --workers 2`: two worker processes, the same rows as one process."""
+    store = many_fields(tmp_path / "W.ome.zarr", 8)
+    out = tmp_path / "w.h5ad"
+    assert (
+        main(["embed", store, "--model", model_path, "-o", str(out), "--workers", "2", "--no-progress"]) == 0
+    )
+    split = ad.read_h5ad(out)
+    serial = embed(store, model_path)
+    assert split.obs_names.is_unique and list(split.obs_names) == list(serial.obs_names)
+    np.testing.assert_allclose(split.X, serial.X, rtol=1e-5, atol=1e-6)
+    assert split.uns["cellfm"]["worker_processes"] == 2
+    assert not (tmp_path / "w.h5ad.parts").exists()
+
+
 def quick_plate(path, n, size=48):
     """A plate of n one-field wells with labels, written straight to Zarr (write_image's pyramids are slow)."""
     import zarr

@@ -244,6 +244,7 @@ def run_embed(
         np.arange(encoder.embed_dim), len(names) // encoder.embed_dim)}, index=names)  # fmt: skip
     uns = {"cellfm": provenance(meta, cfg, encoder, channels, norm, stores, signature["model"],
                                 empty_wells(stores, plan, counts), patch_features)}  # fmt: skip
+    uns["cellfm"]["worker_processes"] = rows.writer_processes()
     path = write_anndata(rows, plan, var, uns, output, wells_meta)
     rows.remove()
     return path
@@ -266,8 +267,8 @@ def _execute(spec: JobSpec, pending: list[int], workers: int, client: Any, progr
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         spec = replace(spec, threads=threads)
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster, \
-                Client(cluster) as local:  # fmt: skip
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) \
+                as cluster, Client(cluster) as local:  # fmt: skip
             _run_distributed(spec, pending, local, workers, bar)
     finally:
         bar.close()

@@ -65,7 +65,7 @@ class RowStore:
 
     def write(self, result: FieldResult) -> None:
         """Store a field's rows atomically (temp file + rename)."""
-        arrays = {"X": result.X, "shape": np.asarray(result.shape)}
+        arrays = {"X": result.X, "shape": np.asarray(result.shape), "pid": np.asarray(os.getpid())}
         arrays.update({f"col_{k}": np.asarray(v) for k, v in result.columns.items()})
         atomic_write(self.part(result.index), lambda tmp: _savez(tmp, arrays), fsync=True)
 
@@ -81,6 +81,14 @@ class RowStore:
     def n_rows(self, index: int) -> int:
         with np.load(self.part(index)) as z:
             return int(z["X"].shape[0])
+
+    def writer_processes(self) -> int:
+        """How many processes wrote the stored fields (over all runs of a resumed job)."""
+        pids = set()
+        for index in self.done():
+            with np.load(self.part(index)) as z:
+                pids.add(int(z["pid"]) if "pid" in z.files else -1)
+        return len(pids)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

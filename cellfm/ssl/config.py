@@ -91,6 +91,9 @@ class TrainConfig:
     pack_crops: bool | None = (
         None  # None: pack on CUDA only (on CPU the concatenation costs more than it saves)
     )
+    # DINO/iBOT cross-entropy blockwise through the prototype layer, never holding (rows, K) logits
+    # (same values; less memory and time); false: the plain DINOLoss / iBOTPatchLoss modules.
+    fused_head_loss: bool = True
     checkpoint_every: int = 1250
     export_every: int = 0  # 0: export the backbone only with checkpoints and at the end
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)

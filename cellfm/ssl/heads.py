@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
+from .prototype_loss import SoftTargets, prototype_cross_entropy
+
 
 class WeightNormLinear(nn.Module):
     """Bias-free Linear with weight = g * v / ||v|| per output row; g starts at 1 (trainable)."""
@@ -57,8 +59,15 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
         self.last_layer = WeightNormLinear(bottleneck_dim, num_prototypes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, targets: list[SoftTargets] | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Prototype logits (rows, K); or, given `targets` covering the rows, the soft-target
+        cross-entropy computed blockwise without the (rows, K) logits (`prototype_cross_entropy`).
+        The loss is taken inside forward so DDP / FSDP hooks see it like any other output."""
         x = self.mlp(x)
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
         x = F.normalize(x, dim=-1, p=2, eps=eps)
-        return self.last_layer(x)
+        if targets is None:
+            return self.last_layer(x)
+        return prototype_cross_entropy(x, self.last_layer.weight.to(x.dtype), targets)

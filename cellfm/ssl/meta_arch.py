@@ -20,6 +20,7 @@ from .dino_loss import DINOLoss
 from .heads import DINOHead
 from .ibot_loss import iBOTPatchLoss, masks_weight
 from .koleo_loss import KoLeoLoss
+from .prototype_loss import SoftTargets
 
 
 def trainable_backbone(backbone: nn.Module) -> nn.Module:
@@ -79,8 +80,13 @@ class SSLMetaArch(nn.Module):
             logits = t["dino_head"](torch.cat([cls, masked]))
             cls_logits, patch_logits = logits[: len(cls)], logits[len(cls) :]
         method = self.cfg.teacher.centering
-        dino_t = self.dino_loss.teacher_probs(cls_logits.float(), temp, method)
-        ibot_t = self.ibot_loss.teacher_probs(patch_logits.float(), temp, method) if len(idx) else None
+        # The logits are this step's own: the centred softmax may overwrite them.
+        dino_t = self.dino_loss.teacher_probs(cls_logits.float(), temp, method, inplace=True)
+        ibot_t = (
+            self.ibot_loss.teacher_probs(patch_logits.float(), temp, method, inplace=True)
+            if len(idx)
+            else None
+        )
         return dino_t, ibot_t
 
     def forward_backward(
@@ -104,25 +110,26 @@ class SSLMetaArch(nn.Module):
             else:
                 s_glob, s_loc = backbone(glob, masks, is_training=True), None
             g_cls = s_glob["x_norm_clstoken"]
+            l_cls = s_loc["x_norm_clstoken"] if n_local else None
             s_masked = s_glob["x_norm_patchtokens"].flatten(0, 1)[idx]
-            head_in = [g_cls] + ([s_loc["x_norm_clstoken"]] if n_local else [])
-            if "ibot_head" not in self.student:
-                head_in.append(s_masked)
-            logits = self.runners["dino_head"](torch.cat(head_in))  # one head call for all tokens
-            sizes = [len(t) for t in head_in]
-            parts = list(logits.split(sizes))
-            g_logits = parts[0]
-            l_logits = parts[1] if n_local else None
-            p_logits = self.runners["ibot_head"](s_masked) if "ibot_head" in self.student else parts[-1]
-        dino_global, dino_local = self.dino_loss(g_logits, l_logits, dino_t, n_global)
+            if cfg.train.fused_head_loss:
+                head_loss, dino_global, dino_local, ibot = self._fused_head_losses(
+                    g_cls, l_cls, s_masked, dino_t, ibot_t, weight / masks.shape[0], n_global
+                )
+            else:
+                head_logits = self._head_logits(g_cls, l_cls, s_masked)
+        if not cfg.train.fused_head_loss:
+            g_logits, l_logits, p_logits = head_logits
+            dino_global, dino_local = self.dino_loss(g_logits, l_logits, dino_t, n_global)
+            ibot = (
+                self.ibot_loss(p_logits, ibot_t, masks, weight)
+                if ibot_t is not None
+                else g_cls.new_zeros((), dtype=torch.float32)
+            )
+            head_loss = cfg.dino.loss_weight * (dino_global + dino_local) + cfg.ibot.loss_weight * ibot
         dino = dino_global + dino_local
         koleo = sum(self.koleo_loss(c) for c in g_cls.chunk(n_global)) * cfg.dino.koleo_loss_weight
-        ibot = (
-            self.ibot_loss(p_logits, ibot_t, masks, weight)
-            if ibot_t is not None
-            else g_cls.new_zeros((), dtype=torch.float32)
-        )
-        loss = cfg.dino.loss_weight * dino + koleo + cfg.ibot.loss_weight * ibot
+        loss = head_loss + koleo
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss (dino {dino.item():.4g}, ibot {ibot.item():.4g}, koleo {koleo.item():.4g}); "
@@ -144,6 +151,68 @@ class SSLMetaArch(nn.Module):
             "teacher_entropy": entropy,
             "feature_std": feature_std,
         }
+
+    def _head_logits(self, g_cls, l_cls, s_masked):
+        """Student prototype logits (global CLS, local CLS or None, masked patches): one head call."""
+        head_in = [g_cls] + ([l_cls] if l_cls is not None else [])
+        if "ibot_head" not in self.student:
+            head_in.append(s_masked)
+        logits = self.runners["dino_head"](torch.cat(head_in))
+        parts = list(logits.split([len(t) for t in head_in]))
+        l_logits = parts[1] if l_cls is not None else None
+        p_logits = self.runners["ibot_head"](s_masked) if "ibot_head" in self.student else parts[-1]
+        return parts[0], l_logits, p_logits
+
+    def _fused_head_losses(self, g_cls, l_cls, s_masked, dino_t, ibot_t, ibot_row_weight, n_global):
+        """(weighted DINO + iBOT total, DINO global term, DINO local term, iBOT loss) through
+        `prototype_cross_entropy`, with the official normalisations: the global term is the mean
+        over crops against the teacher's other view, times 2 / n_terms; each local crop is scored
+        against the sum of the teacher's global views, mean over the batch, / n_terms; iBOT tokens
+        carry 1 / (masked tokens in their image) / images."""
+        cfg, dev = self.cfg, g_cls.device
+        rows_g = len(g_cls)
+        b = rows_g // n_global
+        n_local = 0 if l_cls is None else len(l_cls) // b
+        n_terms = (n_global - 1) * n_global + max(n_local * n_global, 1)
+        dino_temp, w_dino = self.dino_loss.student_temp, cfg.dino.loss_weight
+        dino = [
+            SoftTargets(
+                dino_t,
+                torch.full((rows_g,), 2.0 / (n_terms * rows_g), device=dev),
+                index=(torch.arange(rows_g, device=dev) + b) % rows_g,
+                scale=w_dino,
+                temp=dino_temp,
+            )
+        ]
+        if n_local:
+            dino.append(
+                SoftTargets(
+                    dino_t.view(n_global, b, -1).sum(0),
+                    torch.full((len(l_cls),), 1.0 / (b * n_terms), device=dev),
+                    index=torch.arange(len(l_cls), device=dev) % b,
+                    scale=w_dino,
+                    temp=dino_temp,
+                )
+            )
+        ibot = []
+        if ibot_t is not None:
+            ibot = [
+                SoftTargets(
+                    ibot_t, ibot_row_weight, scale=cfg.ibot.loss_weight, temp=self.ibot_loss.student_temp
+                )
+            ]
+        head_in = [g_cls] + ([l_cls] if n_local else [])
+        if "ibot_head" in self.student:
+            total, values = self.runners["dino_head"](torch.cat(head_in), dino)
+            if ibot:
+                ibot_total, ibot_values = self.runners["ibot_head"](s_masked, ibot)
+                total, values = total + ibot_total, torch.cat([values, ibot_values])
+        else:
+            total, values = self.runners["dino_head"](
+                torch.cat(head_in + ([s_masked] if ibot else [])), dino + ibot
+            )
+        zero = values.new_zeros(())
+        return total, values[0], values[1] if n_local else zero, values[-1] if ibot else zero
 
     def _autocast(self, device: torch.device):
         precision = self.cfg.train.precision

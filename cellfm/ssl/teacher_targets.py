@@ -74,9 +74,16 @@ class Centering(nn.Module):
         self._pending: tuple[torch.Tensor, int, object] | None = None
 
     @torch.no_grad()
-    def softmax(self, logits: torch.Tensor, temp: float) -> torch.Tensor:
+    def softmax(self, logits: torch.Tensor, temp: float, inplace: bool = False) -> torch.Tensor:
+        """softmax((logits - centre) / temp); `inplace` overwrites `logits` block by block, which
+        saves allocating (and on CPU page-faulting) a second (rows, K) tensor."""
         self.apply_update()
-        return F.softmax((logits - self.center) / temp, dim=-1)
+        if not inplace:
+            return F.softmax((logits - self.center) / temp, dim=-1)
+        logits.sub_(self.center).mul_(1.0 / temp)
+        for block in logits.split(max(1, (1 << 22) // max(logits.shape[-1], 1))):
+            block.copy_(F.softmax(block, dim=-1))
+        return logits
 
     @torch.no_grad()
     def update(self, batch_sum: torch.Tensor, count: int) -> None:
@@ -114,13 +121,16 @@ class TeacherTargetLoss(nn.Module):
 
     @torch.no_grad()
     def teacher_probs(
-        self, teacher_logits: torch.Tensor, temp: float, method: str = "centering"
+        self, teacher_logits: torch.Tensor, temp: float, method: str = "centering", inplace: bool = False
     ) -> torch.Tensor:
         """Targets (rows, K): centred softmax (queueing the centre update: the global mean over rows;
-        DINOv2's iBOT averages per-rank means instead) or Sinkhorn-Knopp over the global batch."""
+        DINOv2's iBOT averages per-rank means instead) or Sinkhorn-Knopp over the global batch.
+        `inplace` lets the centred softmax overwrite `teacher_logits` (fp32)."""
         if method == "centering":
-            probs = self.centering.softmax(teacher_logits, temp)
-            self.centering.update(teacher_logits.float().sum(dim=0, keepdim=True), len(teacher_logits))
+            batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
+            inplace = inplace and teacher_logits.dtype == torch.float32
+            probs = self.centering.softmax(teacher_logits, temp, inplace=inplace)
+            self.centering.update(batch_sum, len(teacher_logits))
             return probs
         if method == "sinkhorn_knopp":
             return sinkhorn_knopp(teacher_logits, temp, n_samples=len(teacher_logits))
