@@ -149,11 +149,20 @@ def main() -> None:
     import anndata as ad
 
     max_diff = float(np.abs(ad.read_h5ad(out).X - ref).max())
+    t0 = time.perf_counter()
+    out8 = run_embed(store, model_path, tmp / "f8.h5ad", tile_size=1024, batch_size=8, int8=True)
+    t_int8 = time.perf_counter() - t0
+    x8 = ad.read_h5ad(out8).X
+    cos_int8 = float(((x8 * ref).sum(1) / np.linalg.norm(x8, axis=1) / np.linalg.norm(ref, axis=1)).min())
     tc_plain, n_cells = plain_cells(official, cells_store)
     t0 = time.perf_counter()
     cells = ad.read_h5ad(run_embed(cells_store, model_path, tmp / "c.h5ad", level="cell",
                                    pooling="mask_bilinear", tile_size=1024, batch_size=8))  # fmt: skip
     tc_cellfm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cells8 = ad.read_h5ad(run_embed(cells_store, model_path, tmp / "c8.h5ad", level="cell",
+                                    pooling="mask_bilinear", tile_size=1024, batch_size=8, int8=True))  # fmt: skip
+    tc_int8 = time.perf_counter() - t0
     mem_store = write_fields(tmp / "mem.ome.zarr", sample_crops(size, mem[1]))
     few = write_fields(tmp / "few.ome.zarr", sample_crops(size, mem[0]))
     rss = {mem[0]: peak_rss(few, model_path, str(tmp / "m0.h5ad")),
@@ -161,23 +170,28 @@ def main() -> None:
     rows = [
         ("fields/s", "plain DINOv2 loop", n_fields / t_plain),
         ("fields/s", "cellfm embed (field, cls)", n_fields / t_cellfm),
+        ("fields/s", "cellfm embed --int8 (field, cls)", n_fields / t_int8),
         ("cells/s", "plain DINOv2 loop + mask mean", n_cells / tc_plain),
         ("cells/s", "cellfm embed (cell, mask_bilinear)", cells.n_obs / tc_cellfm),
+        ("cells/s", "cellfm embed --int8 (cell, mask_bilinear)", cells8.n_obs / tc_int8),
     ]
     print(f"ViT-S/14, {args.threads} CPU threads, {n_fields} fields of {size}x{size}, "
           f"{n_cells} nuclei in {n_nuclei} fields of 256x256")  # fmt: skip
-    print(f"{'metric':10s} {'method':38s} {'rate':>9s}")
+    print(f"{'metric':10s} {'method':44s} {'rate':>9s}")
     for metric, method, rate in rows:
-        print(f"{metric:10s} {method:38s} {rate:9.2f}")
-    speed_f, speed_c = rows[1][2] / rows[0][2], rows[3][2] / rows[2][2]
-    print(f"speed-up: fields {speed_f:.2f}x, cells {speed_c:.2f}x (target 1.5x); "
-          f"max |cellfm - official| CLS = {max_diff:.2e}")  # fmt: skip
+        print(f"{metric:10s} {method:44s} {rate:9.2f}")
+    speed_f, speed_c = rows[1][2] / rows[0][2], rows[4][2] / rows[3][2]
+    speed_f8, speed_c8 = rows[2][2] / rows[0][2], rows[5][2] / rows[3][2]
+    print(f"speed-up fp32: fields {speed_f:.2f}x, cells {speed_c:.2f}x; int8: fields {speed_f8:.2f}x, "
+          f"cells {speed_c8:.2f}x (target 1.5x)")  # fmt: skip
+    print(f"max |cellfm - official| CLS = {max_diff:.2e}; int8 CLS cosine to official fp32 >= {cos_int8:.5f}")
     print(f"peak RSS: {mem[0]} fields {rss[mem[0]]:.0f} MiB, {mem[1]} fields {rss[mem[1]]:.0f} MiB")
     result = {
         "device": "cpu", "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
         "field_size": size, "n_fields": n_fields, "n_cells": n_cells, "cells_match": cells.n_obs == n_cells,
         "rows": [{"metric": m, "method": k, "rate": r} for m, k, r in rows],
         "speedup_fields": speed_f, "speedup_cells": speed_c, "max_abs_diff_cls": max_diff,
+        "speedup_fields_int8": speed_f8, "speedup_cells_int8": speed_c8, "min_cls_cosine_int8": cos_int8,
         "peak_rss_mib": {str(k): v for k, v in rss.items()},
     }  # fmt: skip
     out_dir = Path(__file__).parent / "results"

@@ -33,6 +33,7 @@ class EmbedConfig:
     min_area: int = 1
     device: str = "cpu"
     amp: bool = True
+    int8: bool = False  # CPU only: int8 matmuls in the transformer blocks (cellfm.models.int8)
     prefetch: int = 2
     normalization: dict | None = None
 
@@ -56,6 +57,8 @@ class EmbedConfig:
                 f"batch_size and min_area must be >= 1 and prefetch >= 0, got batch_size={self.batch_size}, "
                 f"min_area={self.min_area}, prefetch={self.prefetch}"
             )
+        if self.int8 and not str(self.device).startswith("cpu"):
+            raise ValueError(f"int8 runs on the CPU; on device {self.device!r} use amp (mixed precision)")
         if self.channels is not None and len(set(self.channels)) != len(self.channels):
             raise ValueError(f"duplicate channel names in channels={self.channels}")
 

@@ -96,11 +96,16 @@ class Encoder:
     device: str = "cpu"
     amp: bool = True
     output_norm: dict = field(default_factory=lambda: {"mode": "identity"})
+    int8: bool = False
 
     def __post_init__(self) -> None:
         from cellfm.transforms import Normalize
 
         self.model = self.model.to(self.device).eval()
+        if self.int8:
+            from cellfm.models.int8 import quantize_int8
+
+            self.model = quantize_int8(self.model)
         self.patch_size = int(self.model.patch_size)
         self.strategy = self.model.arch.channel_strategy
         self.embed_dim = int(self.model.embed_dim)

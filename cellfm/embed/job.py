@@ -111,7 +111,7 @@ def run_fields(spec: JobSpec, indices: list[int], on_field: Any = None) -> int:
         torch.set_num_threads(spec.threads)
     model = load_model(spec.model)
     encoder = Encoder(model, spec.channels, spec.channel_ids, spec.cfg.device, spec.cfg.amp,
-                      spec.normalization["output"])  # fmt: skip
+                      spec.normalization["output"], int8=spec.cfg.int8)  # fmt: skip
     input_norm = Normalize(**spec.normalization["input"])
     rows = RowStore(spec.rows)
     jobs = ((i, spec.images[i], spec.labels[i]) for i in indices)

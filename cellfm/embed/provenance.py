@@ -75,6 +75,7 @@ def provenance(meta: dict, cfg, encoder, channels: list[str], norm: dict, stores
         "overlap": overlap,
         "crop_size": crop,
         "min_area": cfg.min_area,
+        "int8": cfg.int8,
         "stores": stores,
         "empty_wells": empty,
         "patch_features": str(patch_features) if patch_features else None,
