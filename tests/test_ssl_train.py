@@ -191,3 +191,32 @@ def test_distillation_keeps_teacher_frozen_and_exports_student_ema(plate, tmp_pa
     assert exported.arch.depth == 1 and exported.cellfm_metadata["distilled"] is True
     ema = trainer.meta.student_ema["backbone"].state_dict()
     assert all(torch.equal(exported.state_dict()[k], ema[k]) for k in ema)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_stream_skips_augmenting_the_epochs_earlier_batches(plate, monkeypatch, workers):
+    """from_step(k) yields batch k of an uninterrupted stream, without augmenting batches < k."""
+    from cellfm.transforms import MultiCrop
+
+    from cellfm.ssl.batches import SKIPPED, BatchStream
+
+    cfg = _cfg("data.crops_per_epoch=12", "train.batch_size_per_device=2", f"data.num_workers={workers}")
+    full = BatchStream(cfg, [plate]).from_step(0)
+    reference = [next(full) for _ in range(9)]  # 6 steps per epoch: into the second epoch
+    calls = []
+    original = MultiCrop.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiCrop, "__call__", counting)
+    for start in (4, 7):
+        calls.clear()
+        batch = next(BatchStream(cfg, [plate]).from_step(start))
+        assert SKIPPED not in batch
+        for key, value in reference[start].items():
+            if torch.is_tensor(value):
+                assert torch.equal(batch[key], value), (start, key)
+        if workers == 0:  # in-process: the skipped batches' crops were not augmented
+            assert len(calls) == 2, f"augmented {len(calls)} crops to resume at step {start}"
