@@ -13,17 +13,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellfm.transforms import Normalize
 
-def normalise_image(img: np.ndarray, low: float = 1.0, high: float = 99.8) -> torch.Tensor:
-    """(H, W) or (C, H, W) -> float32 (C, H, W): per-channel percentile scaling then z-score."""
-    x = np.asarray(img, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[None]
-    lo = np.percentile(x, low, axis=(1, 2), keepdims=True)
-    hi = np.percentile(x, high, axis=(1, 2), keepdims=True)
-    x = (x - lo) / np.maximum(hi - lo, 1e-6)
-    x = (x - x.mean(axis=(1, 2), keepdims=True)) / np.maximum(x.std(axis=(1, 2), keepdims=True), 1e-2)
-    return torch.from_numpy(x)
+_PERCENTILE, _ZSCORE = Normalize("percentile"), Normalize("zscore", eps=0.01)
+
+
+def normalise_image(img: np.ndarray) -> torch.Tensor:
+    """(H, W) or (C, H, W) -> float32 (C, H, W): what training does to a field (`Normalize`:
+    per-channel percentiles 1 / 99.8, then z-score with a 0.01 floor on the standard deviation)."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32))
+    x = x[None] if x.ndim == 2 else x
+    return _ZSCORE(_PERCENTILE(x[None]))[0]
 
 
 @torch.no_grad()
