@@ -48,10 +48,10 @@ def batches(tmp_path_factory):
     return path
 
 
-def _run(batches: Path, out: Path, nproc: int, mode: str) -> dict:
-    out.parent.mkdir(parents=True)
+def _run(batches: Path, out: Path, nproc: int, mode: str, phase: str = "all") -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
     if nproc == 1:
-        cmd = [sys.executable, str(WORKER), str(batches), str(out), mode]
+        cmd = [sys.executable, str(WORKER), str(batches), str(out), mode, phase]
     else:
         cmd = [
             sys.executable,
@@ -63,6 +63,7 @@ def _run(batches: Path, out: Path, nproc: int, mode: str) -> dict:
             str(batches),
             str(out),
             mode,
+            phase,
         ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
     assert out.is_file(), proc.stderr[-3000:]
@@ -76,3 +77,21 @@ def test_two_processes_match_one(batches, tmp_path, mode):
     assert single["loss"] == pytest.approx(double["loss"], rel=1e-4)
     for key, value in single["teacher"].items():
         assert torch.allclose(value, double["teacher"][key], atol=1e-5), key
+
+
+@pytest.mark.parametrize("mode,first,rest", [("fsdp", 2, 1), ("ddp", 1, 2)])
+def test_checkpoint_resumes_on_another_number_of_processes(batches, tmp_path, mode, first, rest):
+    """A checkpoint written by `first` processes resumes on `rest` processes and ends where an
+    uninterrupted single process ends; the exports of a sharded run are complete."""
+    single = _run(batches, tmp_path / "one" / "state.pt", 1, mode)
+    run_dir = tmp_path / "split"
+    _run(batches, run_dir / "first.pt", first, mode, "first")
+    assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "backbone.pth").is_file()
+    exported = torch.load(run_dir / "backbone.pth", weights_only=True)
+    assert all(not hasattr(v, "to_local") for v in exported.values())
+    resumed = _run(batches, run_dir / "state.pt", rest, mode, "rest")
+    for key, value in exported.items():  # full tensors, not one rank's shard
+        assert value.shape == single["teacher"][f"backbone.{key}"].shape, key
+    assert single["loss"][1:] == pytest.approx(resumed["loss"], rel=1e-4)
+    for key, value in single["teacher"].items():
+        assert torch.allclose(value, resumed["teacher"][key], atol=1e-5), key

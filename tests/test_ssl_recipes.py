@@ -57,9 +57,17 @@ def test_bag_of_channels_trains_on_single_channel_crops_and_exports_the_wrapper(
     assert batch["collated_global_crops"].shape[1] == 1
     row = trainer.train_step(batch)
     assert np.isfinite(row["loss"])
+    student_before = {k: v.clone() for k, v in trainer.meta.student["backbone"].state_dict().items()}
     trainer.save()
+    # The export carries the teacher's weights and leaves the student's alone.
+    for key, value in trainer.meta.student["backbone"].state_dict().items():
+        assert torch.equal(value, student_before[key]), key
     model = cellfm.load_backbone(tmp_path / "boc" / "backbone.safetensors")
     assert isinstance(model, BagOfChannels)
+    teacher = trainer.meta.teacher["backbone"].state_dict()
+    assert any(not torch.equal(teacher[k], student_before[k]) for k in teacher)
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, teacher[key]), key
     assert model(torch.randn(1, 2, 32, 32)).shape == (1, 2 * 192)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, replace
@@ -10,6 +11,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm import tqdm
 
 from ..config import from_dict
@@ -83,8 +90,10 @@ class Trainer:
             if cfg.distillation.enabled
             else None
         )
+        # A plain copy (main process, CPU) that exports receive the output weights in: it keeps the
+        # channel-strategy wrapper and never shares modules with the (possibly sharded) student.
+        self._export_copy = copy.deepcopy(backbone).cpu().eval() if self.info.is_main else None
         self.meta = SSLMetaArch(cfg, backbone, teacher).to(self.info.device)
-        self.export_template = backbone  # keeps the channel-strategy wrapper for exports
         torch.manual_seed(cfg.train.seed + self.info.rank)  # per-rank randomness from here on
         self.meta.runners = wrap_for_training(
             dict(self.meta.student.items()), cfg.train.distributed, self.info
@@ -113,10 +122,13 @@ class Trainer:
         # applying them before the next step's targets gives the same values.
         self.meta.dino_loss.centering.apply_update()
         self.meta.ibot_loss.centering.apply_update()
+        # Full (unsharded) tensors and optimizer state keyed by parameter name: a checkpoint written
+        # by N processes (DDP or FSDP) resumes on any number. Collective: every process calls it.
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return {
             "step": self.step,
             "meta": full_state_dict(self.meta),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": get_optimizer_state_dict(self.meta.student, self.optimizer, options=full),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": torch.get_rng_state(),
             "config": asdict(self.cfg),
@@ -132,9 +144,13 @@ class Trainer:
                 f"{self.out}: the checkpoint was trained with model {saved.model}, the config asks for "
                 f"{self.cfg.model}; use another --output or the same config"
             )
-        self.meta.load_state_dict(state["meta"])
-        # Drop per-group bookkeeping that may differ (e.g. across world sizes) and keep moments.
-        self.optimizer.load_state_dict(state["optimizer"])
+        full = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.meta, state["meta"], options=full)  # shards the tensors under FSDP
+        optim = state["optimizer"]
+        if all(isinstance(k, int) for k in optim["state"]):  # checkpoints before cellfm 0.1's named state
+            self.optimizer.load_state_dict(optim)
+        else:
+            set_optimizer_state_dict(self.meta.student, self.optimizer, optim, options=full)
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
@@ -144,23 +160,26 @@ class Trainer:
         return True
 
     def save(self) -> None:
+        """Checkpoint and export; every process calls it (the weights may be sharded over them)."""
         state = self.state()
+        model = self.export_model()
         if self.info.is_main:
             save_training_state(self.out, state)
-            self.export()
+            self.export(model)
         barrier()
 
-    def export_model(self) -> nn.Module:
-        """The output backbone (teacher, or student EMA when distilling) in its channel-strategy wrapper."""
-        out_model = self.meta.output_model
-        template = self.export_template
-        if template is not out_model["backbone"] and hasattr(template, "backbone"):
-            template.backbone.load_state_dict(full_state_dict(out_model["backbone"]))
-            return template
-        return out_model["backbone"]
+    def export_model(self) -> nn.Module | None:
+        """A plain copy of the output backbone (teacher, or student EMA when distilling) in its
+        channel-strategy wrapper, on the main process (None on the others). Every process calls it:
+        under FSDP the weights are gathered from all of them."""
+        sd = full_state_dict(self.meta.output_model["backbone"])
+        if self._export_copy is None:
+            return None
+        trainable_backbone(self._export_copy).load_state_dict(sd)
+        return self._export_copy
 
-    def export(self) -> list[Path]:
-        model = self.export_model()
+    def export(self, model: nn.Module) -> list[Path]:
+        """Write `model` (from `export_model`) as DIR/backbone.safetensors (+ .pth); main process only."""
         extra = {"trained_steps": self.step, "recipe": "cellfm pretrain", "distilled": self.meta.distilling}
         return export_backbone(
             self.out, model, channel_names=self.data.channels, normalization=self._norm(), extra=extra
@@ -170,13 +189,13 @@ class Trainer:
         a = self.cfg.augment
         return {"input": asdict(a.input_norm), "output": asdict(a.output_norm)}
 
-    def knn_eval(self) -> float:
-        """Leave-fold-out kNN accuracy of the current output backbone on the labelled holdout."""
+    def knn_eval(self, model: nn.Module) -> float:
+        """Leave-fold-out kNN accuracy of `model` (from `export_model`) on the labelled holdout."""
         from ..analysis import knn_accuracy
         from ..embed import embed
 
         ev = self.cfg.evaluation
-        model = self.export_model().eval()
+        model = model.eval()
         adata = embed(list(ev.stores), model, None, level=ev.level, labels=ev.labels, metadata=ev.labels_csv)
         if ev.label_column not in adata.obs:
             raise KeyError(f"{ev.labels_csv}: no column {ev.label_column!r} for the kNN evaluation")
@@ -251,10 +270,10 @@ class Trainer:
                 break
             last = self.train_step(next(batches))
             knn_every = cfg.evaluation.knn_every
-            if knn_every and self.step % knn_every == 0 and self.info.is_main:
-                last["knn_accuracy"] = self.knn_eval()
-                self.meta.train()
-                self.meta.teacher.eval()
+            if knn_every and self.step % knn_every == 0:
+                model = self.export_model()  # every process: FSDP gathers
+                if self.info.is_main:
+                    last["knn_accuracy"] = self.knn_eval(model)
             self.monitor.log(last)
             bar.set_postfix(
                 loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", img_s=f"{last['images_per_s']:.1f}"
@@ -263,8 +282,10 @@ class Trainer:
             every = cfg.train.checkpoint_every
             if (every and self.step % every == 0) or self.step == end:
                 self.save()
-            elif cfg.train.export_every and self.step % cfg.train.export_every == 0 and self.info.is_main:
-                self.export()
+            elif cfg.train.export_every and self.step % cfg.train.export_every == 0:
+                model = self.export_model()
+                if self.info.is_main:
+                    self.export(model)
         bar.close()
         if self.info.is_main and self.monitor.path.is_file():
             plot_loss_curve(self.monitor.path, self.out / "loss_curve.png")

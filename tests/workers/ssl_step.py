@@ -33,7 +33,9 @@ def shard(batch: dict, rank: int, world: int) -> dict:
     }
 
 
-def main(batches_file: str, out_file: str, mode: str) -> None:
+def main(batches_file: str, out_file: str, mode: str, phase: str = "all") -> None:
+    """phase "all": every batch; "first": the first batch, then a checkpoint (+ exports) in the
+    output folder; "rest": resume from the checkpoint in the output folder, then the other batches."""
     from cellfm.distributed import barrier, init_distributed
     from cellfm.ssl.config import load_ssl_config
     from cellfm.ssl.train import Trainer
@@ -46,7 +48,15 @@ def main(batches_file: str, out_file: str, mode: str) -> None:
     ]
     cfg = load_ssl_config("cpu_tiny", overrides)
     trainer = Trainer(cfg, [saved["plate"]], os.path.dirname(out_file), info)
-    logs = [trainer.train_step(shard(b, info.rank, info.world_size)) for b in saved["batches"]]
+    todo = saved["batches"]
+    if phase == "first":
+        todo = todo[:1]
+    elif phase == "rest":
+        assert trainer.resume(), "no checkpoint to resume from"
+        todo = todo[trainer.step :]
+    logs = [trainer.train_step(shard(b, info.rank, info.world_size)) for b in todo]
+    if phase == "first":
+        trainer.save()
     from cellfm.ssl.checkpointing import full_state_dict
 
     state = full_state_dict(trainer.meta.teacher)
@@ -58,4 +68,4 @@ def main(batches_file: str, out_file: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
