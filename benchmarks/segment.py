@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / ("segment_tiny.json" if args.tiny else "segment.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    print(f"saved {out}")
     return 0
 
 
