@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_ssl_config(args.config, overrides)
     limit = args.minutes * 60 if args.minutes is not None else None
     last = pretrain(cfg, data, args.output, steps=args.steps, time_limit_s=limit)
-    if last:
+    if last and os.environ.get("RANK", "0") == "0":  # under torchrun: the main process reports
         print(f"step {last['step'] + 1}: loss {last['loss']:.4f}; outputs in {args.output}")
     return 0
