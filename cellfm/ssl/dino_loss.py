@@ -9,6 +9,11 @@ import torch.nn.functional as F
 from .teacher_targets import TeacherTargetLoss
 
 
+def pair_terms(n_global: int, n_local_chunks: int) -> int:
+    """The official normaliser of the DINO loss: the number of (student crop, teacher view) pairs."""
+    return (n_global - 1) * n_global + max(n_local_chunks * n_global, 1)
+
+
 class DINOLoss(TeacherTargetLoss):
     def cross_entropy(
         self, student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor]
@@ -38,7 +43,7 @@ class DINOLoss(TeacherTargetLoss):
         n_local_chunks = (
             0 if student_local is None else len(student_local) // (len(student_global) // n_global)
         )
-        n_terms = (n_global - 1) * n_global + max(n_local_chunks * n_global, 1)
+        n_terms = pair_terms(n_global, n_local_chunks)
         teacher_chunks = list(teacher_probs.chunk(n_global))
         swapped = torch.cat(teacher_chunks[1:] + teacher_chunks[:1]) if n_global > 1 else teacher_probs
         global_term = self.cross_entropy([student_global], [swapped]) * 2 / n_terms

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..models.bag_of_channels import BagOfChannels
 from .config import SSLConfig
-from .dino_loss import DINOLoss
+from .dino_loss import DINOLoss, pair_terms
 from .heads import DINOHead
 from .ibot_loss import iBOTPatchLoss, masks_weight
 from .koleo_loss import KoLeoLoss
@@ -173,7 +173,7 @@ class SSLMetaArch(nn.Module):
         rows_g = len(g_cls)
         b = rows_g // n_global
         n_local = 0 if l_cls is None else len(l_cls) // b
-        n_terms = (n_global - 1) * n_global + max(n_local * n_global, 1)
+        n_terms = pair_terms(n_global, n_local)
         dino_temp, w_dino = self.dino_loss.student_temp, cfg.dino.loss_weight
         dino = [
             SoftTargets(

@@ -73,6 +73,7 @@ def _blocks(x, weight, segments, block_rows):
     wt = weight.t()
     start = 0
     for si, seg in enumerate(segments):
+        probs = seg.probs.to(acc)
         for lo in range(0, seg.rows, rows):
             hi = min(lo + rows, seg.rows)
             n = hi - lo
@@ -80,7 +81,6 @@ def _blocks(x, weight, segments, block_rows):
             z = torch.mm(xb, wt, out=logits_buf[:n])
             z = z.to(acc)
             z.mul_(1.0 / seg.temp)
-            probs = seg.probs.to(acc)
             if seg.index is None:
                 t = probs[lo:hi]
             else:
