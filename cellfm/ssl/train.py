@@ -147,7 +147,7 @@ class Trainer:
         full = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.meta, state["meta"], options=full)  # shards the tensors under FSDP
         optim = state["optimizer"]
-        if all(isinstance(k, int) for k in optim["state"]):  # checkpoints before cellfm 0.1's named state
+        if all(isinstance(k, int) for k in optim["state"]):  # older checkpoints: state keyed by position
             self.optimizer.load_state_dict(optim)
         else:
             set_optimizer_state_dict(self.meta.student, self.optimizer, optim, options=full)
@@ -162,10 +162,9 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint and export; every process calls it (the weights may be sharded over them)."""
         state = self.state()
-        model = self.export_model()
         if self.info.is_main:
             save_training_state(self.out, state)
-            self.export(model)
+        self.export()
         barrier()
 
     def export_model(self) -> nn.Module | None:
@@ -178,8 +177,12 @@ class Trainer:
         trainable_backbone(self._export_copy).load_state_dict(sd)
         return self._export_copy
 
-    def export(self, model: nn.Module) -> list[Path]:
-        """Write `model` (from `export_model`) as DIR/backbone.safetensors (+ .pth); main process only."""
+    def export(self) -> list[Path]:
+        """Write the output backbone as DIR/backbone.safetensors (+ .pth) from the main process;
+        every process calls it (see `export_model`). Returns the paths written (none elsewhere)."""
+        model = self.export_model()
+        if model is None:
+            return []
         extra = {"trained_steps": self.step, "recipe": "cellfm pretrain", "distilled": self.meta.distilling}
         return export_backbone(
             self.out, model, channel_names=self.data.channels, normalization=self._norm(), extra=extra
@@ -283,9 +286,7 @@ class Trainer:
             if (every and self.step % every == 0) or self.step == end:
                 self.save()
             elif cfg.train.export_every and self.step % cfg.train.export_every == 0:
-                model = self.export_model()
-                if self.info.is_main:
-                    self.export(model)
+                self.export()
         bar.close()
         if self.info.is_main and self.monitor.path.is_file():
             plot_loss_curve(self.monitor.path, self.out / "loss_curve.png")
