@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -168,15 +169,12 @@ def embed(
     """
     import anndata as ad
 
-    if output is None:
-        with tempfile.TemporaryDirectory(prefix="cellfm-embed-") as tmp:
-            path = run_embed(stores, model, Path(tmp) / "embedding.h5ad", config=config, metadata=metadata,
-                             patch_features=patch_features, workers=workers, client=client, overwrite=overwrite,
-                             progress=progress, **options)  # fmt: skip
-            return ad.read_h5ad(path)
-    path = run_embed(stores, model, output, config=config, metadata=metadata, patch_features=patch_features,
-                     workers=workers, client=client, overwrite=overwrite, progress=progress, **options)  # fmt: skip
-    return ad.read_h5ad(path) if output_kind(path) == "h5ad" else ad.read_zarr(path)
+    # Without an output the rows go to a temporary .h5ad that is read back before it is removed.
+    with tempfile.TemporaryDirectory(prefix="cellfm-embed-") if output is None else nullcontext() as tmp:
+        target = Path(tmp) / "embedding.h5ad" if output is None else output
+        path = run_embed(stores, model, target, config=config, metadata=metadata, patch_features=patch_features,
+                         workers=workers, client=client, overwrite=overwrite, progress=progress, **options)  # fmt: skip
+        return ad.read_h5ad(path) if output_kind(path) == "h5ad" else ad.read_zarr(path)
 
 
 def run_embed(
@@ -237,14 +235,15 @@ def run_embed(
     done = rows.done()
     if len(done) != len(plan):
         raise RuntimeError(f"{rows.path}: {len(plan) - len(done)} fields did not finish")
-    counts = [rows.n_rows(i) for i in range(len(plan))]
+    parts = [rows.part_info(i) for i in range(len(plan))]  # (rows, writer pid) per field
+    counts = [n for n, _ in parts]
     if sum(counts) == 0:
         raise ValueError(f"{stores}: no rows to write (level {cfg.level!r}; no objects in any labels image?)")
     var = pd.DataFrame({"channel": pd.Categorical(feature_channels), "feature": np.tile(
         np.arange(encoder.embed_dim), len(names) // encoder.embed_dim)}, index=names)  # fmt: skip
     uns = {"cellfm": provenance(meta, cfg, encoder, channels, norm, stores, signature["model"],
                                 empty_wells(stores, plan, counts), patch_features)}  # fmt: skip
-    uns["cellfm"]["worker_processes"] = rows.writer_processes()
+    uns["cellfm"]["worker_processes"] = len({pid for _, pid in parts})  # over all runs of a resumed job
     path = write_anndata(rows, plan, var, uns, output, wells_meta)
     rows.remove()
     return path

@@ -78,17 +78,10 @@ class RowStore:
         with np.load(self.part(index)) as z:
             return z["X"]
 
-    def n_rows(self, index: int) -> int:
+    def part_info(self, index: int) -> tuple[int, int]:
+        """(rows, id of the process that wrote them; -1 when not recorded) of a field, in one read."""
         with np.load(self.part(index)) as z:
-            return int(z["X"].shape[0])
-
-    def writer_processes(self) -> int:
-        """How many processes wrote the stored fields (over all runs of a resumed job)."""
-        pids = set()
-        for index in self.done():
-            with np.load(self.part(index)) as z:
-                pids.add(int(z["pid"]) if "pid" in z.files else -1)
-        return len(pids)
+            return int(z["X"].shape[0]), int(z["pid"]) if "pid" in z.files else -1
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
