@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
@@ -77,6 +79,32 @@ class PeakRSS:
     @property
     def delta_mb(self) -> float:
         return self.peak - self.base
+
+
+def warm_peak_rss_mb(call) -> float:
+    """Peak resident-memory growth (MB) of `call()`, measured on a second call after a warm-up one
+    (allocator caches, lazy initialisation)."""
+    call()
+    gc.collect()
+    with PeakRSS() as mem:
+        call()
+    return mem.delta_mb
+
+
+def _put_result(queue, fn, args) -> None:
+    queue.put(fn(*args))
+
+
+def in_fresh_process(fn, *args):
+    """`fn(*args)` in a new spawned process (so peak memory is its own); returns its result.
+    `fn` must be a module-level function."""
+    ctx = mp.get_context("spawn")  # fork after OpenMP use can deadlock
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_put_result, args=(queue, fn, args))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -11,7 +11,6 @@ implementation; model FLOPs utilisation against the matmul peak measured in the 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import PeakRSS, machine, matmul_peak_gflops, save, table  # noqa: E402
+from _common import in_fresh_process, machine, matmul_peak_gflops, save, table, warm_peak_rss_mb  # noqa: E402
 
 
 def vit_flops(img: int, patch: int, dim: int, depth: int, in_chans: int = 3) -> float:
@@ -67,28 +66,13 @@ def saved_activation_mb(model, x) -> float:
     return sum(seen.values()) / 2**20
 
 
-def _child_memory(name: str, args, train: bool, queue) -> None:
+def _memory(name: str, args, train: bool) -> float:
+    """Peak memory of one step of model `name` (run in a fresh process)."""
     models = build(args)
     model = models[name].train(train)
     del models
     x = torch.randn(args.batch, 3, args.size, args.size)
-    step(model, x, train)  # warm-up: allocator caches, lazy init
-    import gc
-
-    gc.collect()
-    with PeakRSS() as mem:
-        step(model, x, train)
-    queue.put(mem.delta_mb)
-
-
-def peak_memory(name: str, args, train: bool) -> float:
-    ctx = mp.get_context("spawn")  # fork after OpenMP use can deadlock
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child_memory, args=(name, args, train, queue))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value
+    return warm_peak_rss_mb(lambda: step(model, x, train))
 
 
 def main() -> None:
@@ -128,7 +112,7 @@ def main() -> None:
                     "ms_per_batch": dt * 1e3,
                     "gflops_per_s": achieved,
                     "mfu": achieved / peak,
-                    "peak_mem_mb": peak_memory(name, args, train),
+                    "peak_mem_mb": in_fresh_process(_memory, name, args, train),
                     "activation_mb": saved_activation_mb(models[name], x) if train else None,
                 }
             )

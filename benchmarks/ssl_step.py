@@ -14,7 +14,6 @@ efficient (subset) stochastic depth on and off. Peak memory is measured in a fre
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import PeakRSS, machine, save, table  # noqa: E402
+from _common import in_fresh_process, machine, save, table, warm_peak_rss_mb  # noqa: E402
 
 # (name, crop packing, subset stochastic depth, fused head loss); packing None: the official step
 ROWS = [
@@ -205,37 +204,10 @@ def build(row: tuple, s: dict, device: str):
     return OfficialStep(s, device) if pack is None else CellfmStep(s, device, pack, subset, fused)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _child(row_index: int, s: dict, queue) -> None:
-    device = s["device"]
-    step, batch = build(ROWS[row_index], s, device), make_batch(s, device)
-    step(batch)
-    _sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        step(batch)
-        queue.put(torch.cuda.max_memory_allocated() / 2**20)
-        return
-    import gc
-
-    gc.collect()
-    with PeakRSS() as mem:
-        step(batch)
-    queue.put(mem.delta_mb)
-
-
-def peak_memory(i: int, s: dict) -> float:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(i, s, queue))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value
+def _cpu_memory(row_index: int, s: dict) -> float:
+    """Peak memory of one CPU step of row `row_index` (run in a fresh process)."""
+    step, batch = build(ROWS[row_index], s, "cpu"), make_batch(s, "cpu")
+    return warm_peak_rss_mb(lambda: step(batch))
 
 
 def main() -> None:
@@ -250,20 +222,19 @@ def main() -> None:
     rounds = 1 if args.tiny else args.rounds
     if s["device"] == "cuda":
         return report(s, args, *cuda_rows(s, rounds))
-    batch = make_batch(s, s["device"])
-    steps = [build(r, s, s["device"]) for r in ROWS]
+    # CPU: the rows take turns within each round, so slow drifts of the machine hit them alike
+    batch = make_batch(s, "cpu")
+    steps = [build(r, s, "cpu") for r in ROWS]
     times = [[] for _ in ROWS]
     for st in steps:  # warm-up
         st(batch)
     for _ in range(rounds):
         for i, st in enumerate(steps):
-            _sync(s["device"])
             t = time.perf_counter()
             st(batch)
-            _sync(s["device"])
             times[i].append(time.perf_counter() - t)
     del steps
-    return report(s, args, times, [peak_memory(i, s) for i in range(len(ROWS))])
+    return report(s, args, times, [in_fresh_process(_cpu_memory, i, s) for i in range(len(ROWS))])
 
 
 def cuda_rows(s: dict, rounds: int) -> tuple[list[list[float]], list[float]]:
