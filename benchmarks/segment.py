@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cellfm.demo import f1, scribble_strokes
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -74,26 +76,6 @@ def extraction_case(tiny: bool, size: int, channels: int, in_chans: int, threads
     }
 
 
-def scribbles_from(fg: np.ndarray, n: int, seed: int) -> np.ndarray:
-    from scipy import ndimage as ndi
-
-    rng = np.random.default_rng(seed)
-    s = np.zeros(fg.shape, np.uint8)
-    for value, region in (
-        (2, ndi.binary_erosion(fg, iterations=2)),
-        (1, ~ndi.binary_dilation(fg, iterations=4)),
-    ):
-        ys, xs = np.nonzero(region)
-        for i in rng.choice(len(ys), n, replace=False):
-            sl = (slice(max(0, ys[i] - 5), ys[i] + 6), slice(max(0, xs[i] - 5), xs[i] + 6))
-            s[sl] = np.where(region[sl], value, s[sl])
-    return s
-
-
-def f1(pred: np.ndarray, gt: np.ndarray) -> float:
-    return float(2 * (pred & gt).sum() / max(1, pred.sum() + gt.sum()))
-
-
 def latency_cases(tiny: bool, size: int) -> list[dict]:
     """Scribble-to-prediction on a size^2 image after its features are cached, per classifier."""
     from cellfm.segment import FeatureCache, ScribbleSegmenter
@@ -107,11 +89,11 @@ def latency_cases(tiny: bool, size: int) -> list[dict]:
     for kind in ("logistic", "random_forest"):
         seg = ScribbleSegmenter(model, classifier=kind, cache=cache)
         t0 = time.perf_counter()
-        seg.fit(image, scribbles_from(fg, 10, 0))
+        seg.fit(image, scribble_strokes(fg, 10, seed=0))
         first = time.perf_counter() - t0
         seg.predict(image)
         t0 = time.perf_counter()
-        seg.fit(image, scribbles_from(fg, 12, 1))  # a new scribble round: classifier only
+        seg.fit(image, scribble_strokes(fg, 12, seed=1))  # a new scribble round: classifier only
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels = seg.predict(image)
@@ -150,7 +132,7 @@ def real_f1_cases(tiny: bool) -> list[dict]:
     for name, img, fg in data:
         if tiny:
             img, fg = img[:128, :128], fg[:128, :128]
-        scrib = scribbles_from(fg, 8 if tiny else 10, 0)
+        scrib = scribble_strokes(fg, 8 if tiny else 10, seed=0)
         for kind in ("logistic", "random_forest"):
             for filters in (True, False):
                 seg = ScribbleSegmenter(model, classifier=kind, filters=filters, cache=cache).fit(img, scrib)

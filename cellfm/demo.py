@@ -54,6 +54,29 @@ def scribbles_from_mask(mask: np.ndarray, n_per_class: int = 400, seed: int = 0)
     return out
 
 
+def scribble_strokes(
+    fg: np.ndarray, n: int, radius: int = 5, erode: int = 2, dilate: int = 4, seed: int = 0
+) -> np.ndarray:
+    """Short square strokes (side 2 * radius + 1) like a user's: n centred inside the foreground
+    eroded `erode` times (value 2, clipped to it) and n outside it dilated `dilate` times (value 1)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros(fg.shape, np.uint8)
+    for value, region in (
+        (2, ndimage.binary_erosion(fg, iterations=erode)),
+        (1, ~ndimage.binary_dilation(fg, iterations=dilate)),
+    ):
+        ys, xs = np.nonzero(region)
+        for i in rng.choice(len(ys), n, replace=False):
+            sl = (
+                slice(max(0, ys[i] - radius), ys[i] + radius + 1),
+                slice(max(0, xs[i] - radius), xs[i] + radius + 1),
+            )
+            out[sl] = np.where(region[sl], value, out[sl])
+    return out
+
+
 def f1(pred: np.ndarray, truth: np.ndarray) -> float:
     tp = float(np.logical_and(pred, truth).sum())
     return 2 * tp / max(float(pred.sum() + truth.sum()), 1.0)

@@ -15,14 +15,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
+from cellfm.demo import f1, scribble_strokes  # noqa: E402
+
 F1_THRESHOLD = 0.8  # tiny random-init backbone + filters on nuclei.tif slices 28..31
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "napari_segmentation.png"
 WIDGETS = ["Interactive segmentation", "Feature explorer", "Similarity", "Model"]
 TIMEOUT_MS = 60_000
-
-
-def f1(pred: np.ndarray, gt: np.ndarray) -> float:
-    return float(2 * (pred & gt).sum() / (pred.sum() + gt.sum()))
 
 
 def dock(viewer, name):
@@ -33,20 +31,6 @@ def dock(viewer, name):
 def wait(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
     assert widget.last_error is None, widget.last_error
-
-
-def scribbles_from(fg: np.ndarray, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    s = np.zeros(fg.shape, np.uint8)
-    for value, region in (
-        (2, ndi.binary_erosion(fg, iterations=3)),
-        (1, ~ndi.binary_dilation(fg, iterations=4)),
-    ):
-        ys, xs = np.nonzero(region)
-        for i in rng.choice(len(ys), 8, replace=False):
-            sl = (slice(max(0, ys[i] - 4), ys[i] + 5), slice(max(0, xs[i] - 4), xs[i] + 5))
-            s[sl] = np.where(region[sl], value, s[sl])
-    return s
 
 
 @pytest.fixture
@@ -83,7 +67,7 @@ def test_segmentation_flow_on_real_nuclei(viewer_with_nuclei, qtbot):
     assert scrib.data.shape == fg.shape
     viewer.dims.set_current_step(0, 1)
     data = np.zeros(fg.shape, np.uint8)
-    data[1] = scribbles_from(fg[1])
+    data[1] = scribble_strokes(fg[1], 8, radius=4, erode=3)
     scrib.data = data
     seg.min_size.value = 10
     seg.probability.value = True

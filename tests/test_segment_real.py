@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from cellfm.demo import f1, scribble_strokes
 from cellfm.models import VisionTransformer, ViTArch
 from cellfm.segment import FeatureCache, ScribbleSegmenter, cluster_patches, pca_rgb, similarity_map
 
@@ -24,31 +25,9 @@ def real_nuclei() -> tuple[np.ndarray, np.ndarray]:
     return img[:256, :256], mask[:256, :256] > 0
 
 
-def synthetic_scribbles(fg: np.ndarray, n: int = 8, radius: int = 5, seed: int = 0) -> np.ndarray:
-    """Short strokes (discs) inside eroded nuclei (2) and far from them (1)."""
-    rng = np.random.default_rng(seed)
-    s = np.zeros(fg.shape, np.uint8)
-    for value, region in (
-        (2, ndi.binary_erosion(fg, iterations=2)),
-        (1, ~ndi.binary_dilation(fg, iterations=4)),
-    ):
-        ys, xs = np.nonzero(region)
-        for i in rng.choice(len(ys), n, replace=False):
-            sl = (
-                slice(max(0, ys[i] - radius), ys[i] + radius + 1),
-                slice(max(0, xs[i] - radius), xs[i] + radius + 1),
-            )
-            s[sl] = np.where(region[sl], value, s[sl])
-    return s
-
-
-def f1(pred: np.ndarray, gt: np.ndarray) -> float:
-    return float(2 * (pred & gt).sum() / (pred.sum() + gt.sum()))
-
-
 def test_real_nuclei_scribbles_to_labels(tmp_path):
     img, fg = real_nuclei()
-    scrib = synthetic_scribbles(fg)
+    scrib = scribble_strokes(fg, 8)
     assert (scrib > 0).mean() < 0.05  # a few strokes, not the answer
     cache = FeatureCache(directory=tmp_path / "cache")
     seg = ScribbleSegmenter(tiny(), cache=cache).fit(img, scrib)
