@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from importlib import resources
@@ -156,5 +157,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_override_value(raw)
     return data
+
+
+# Numbers as people write them; YAML 1.1 reads `5e-4`, `1e5` and `1.e3` as strings.
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_override_value(raw: str) -> Any:
+    """An override value parsed as YAML, except that anything spelt like a number is a number."""
+    text = raw.strip()
+    if _NUMBER.fullmatch(text):
+        number = float(text.replace("_", ""))
+        plain_int = re.fullmatch(r"[-+]?\d[\d_]*", text)
+        return int(text.replace("_", "")) if plain_int else number
+    return yaml.safe_load(raw)

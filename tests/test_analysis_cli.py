@@ -43,6 +43,10 @@ def test_analyze_command(tmp_path, capsys):
     import matplotlib.image
 
     assert matplotlib.image.imread(plots / "umap_well.png").ndim == 3
+    rc = main(["analyze", str(out), "-o", str(tmp_path / "res.h5ad"), "--normalize", "standardize",
+               "--n-neighbors", "5"])  # fmt: skip
+    assert rc == 0 and "X_standardize" in ad.read_h5ad(tmp_path / "res.h5ad").obsm
+    assert (tmp_path / "res.wells.h5ad").is_file() and (tmp_path / "res.metrics.json").is_file()
     rc = main(["analyze", str(out), "--controls", "treatment=PBS"])
     assert rc == 1 and "no row has treatment == 'PBS'" in capsys.readouterr().err
     rc = main(["analyze", str(tmp_path / "missing.h5ad")])

@@ -40,6 +40,20 @@ def test_overrides_and_file_paths(tmp_path):
         read_yaml_config("no_such_recipe")
 
 
+def test_overrides_parse_numbers_as_users_write_them():
+    from cellfm.ssl.config import SSLConfig
+
+    got = apply_overrides(
+        {}, ["a.lr=5e-4", "a.n=1e5", "a.h=.5", "a.i=12", "a.j=-3", "a.k=1_000", "a.s=5e-4x"]
+    )
+    assert got["a"] == {"lr": 5e-4, "n": 1e5, "h": 0.5, "i": 12, "j": -3, "k": 1000, "s": "5e-4x"}
+    assert isinstance(got["a"]["i"], int) and isinstance(got["a"]["n"], float)
+    data = apply_overrides({}, ["optim.base_lr=5e-4"])
+    assert from_dict(SSLConfig, data).optim.base_lr == 5e-4
+    with pytest.raises(ConfigError, match="'optim.base_lr' must be a number, got 'fast'"):
+        from_dict(SSLConfig, apply_overrides({}, ["optim.base_lr=fast"]))
+
+
 @pytest.mark.parametrize(
     "strategy,cls,chans",
     [

@@ -14,6 +14,7 @@ from cellfm.data.tiff_ingest import expand_inputs, normalise_well, records_from_
 
 PATTERN = r"(?P<well>[A-H]\d\d)_s(?P<field>\d+)_w(?P<channel>\d)"
 CHANNELS = ["hematoxylin", "dab", "eosin"]
+ORDER = ["1", "2", "3"]  # the w<channel> tokens of the file names
 
 
 @pytest.fixture
@@ -48,7 +49,15 @@ def test_convert_regex_opens_with_ome_zarr_reader(tmp_path, tiff_folder, version
     folder, truth = tiff_folder
     out = str(tmp_path / f"plate{version}.ome.zarr")
     records = records_from_pattern(expand_inputs([str(folder)]), PATTERN)
-    report = convert_plate(records, out, channel_names=CHANNELS, version=version, chunk=64, min_level_size=64)
+    report = convert_plate(
+        records,
+        out,
+        channel_order=ORDER,
+        channel_names=CHANNELS,
+        version=version,
+        chunk=64,
+        min_level_size=64,
+    )
     assert sorted(report.written) == ["A/1/0", "A/1/1", "B/2/0", "B/2/1"]
     _check(out, truth)
     im = list_fields(out)[0]
@@ -78,20 +87,22 @@ def test_convert_resumes_after_interruption(tmp_path, tiff_folder):
             raise RuntimeError("simulated interruption")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        convert_plate(records, out, channel_names=CHANNELS, chunk=64, on_field_done=crash_after_two)
+        convert_plate(
+            records, out, channel_order=ORDER, channel_names=CHANNELS, chunk=64, on_field_done=crash_after_two
+        )
     # A third field was half-written: arrays present, no marker.
     (tmp_path / "plate.ome.zarr" / "B" / "2" / "0").mkdir(parents=True, exist_ok=True)
     marker_times = {k: (tmp_path / "plate.ome.zarr" / k / MARKER).stat().st_mtime_ns for k in done}
-    again = convert_plate(records, out, channel_names=CHANNELS, chunk=64)
+    again = convert_plate(records, out, channel_order=ORDER, channel_names=CHANNELS, chunk=64)
     assert sorted(again.skipped) == sorted(done) and len(again.written) == 2
     assert set(again.written).isdisjoint(done)
     assert {k: (tmp_path / "plate.ome.zarr" / k / MARKER).stat().st_mtime_ns for k in done} == marker_times
     _check(out, truth)
     assert len(list_fields(out)) == 4  # no duplicated fields in the metadata
-    third = convert_plate(records, out, channel_names=CHANNELS, chunk=64)
+    third = convert_plate(records, out, channel_order=ORDER, channel_names=CHANNELS, chunk=64)
     assert third.written == [] and len(third.skipped) == 4
     with pytest.raises(ValueError, match="channels"):
-        convert_plate(records, out, channel_names=["a", "b", "c"], chunk=64)
+        convert_plate(records, out, channel_order=ORDER, channel_names=["a", "b", "c"], chunk=64)
 
 
 def test_convert_csv_manifest_multichannel_ome_tiff(tmp_path):
@@ -138,7 +149,7 @@ def test_convert_bad_inputs(tmp_path, tiff_folder):
 def test_cli_convert_stats_and_inspect(tmp_path, tiff_folder, capsys):
     folder, truth = tiff_folder
     out = str(tmp_path / "cli.ome.zarr")
-    argv = ["convert", str(folder), "-o", out, "--pattern", PATTERN, "--channel-names", ",".join(CHANNELS),
+    argv = ["convert", str(folder), "-o", out, "--pattern", PATTERN, "--channel-order", "1,2,3", "--channel-names", ",".join(CHANNELS),
             "--chunk", "64", "--stats"]  # fmt: skip
     assert main(argv) == 0
     assert "wrote 4 fields" in capsys.readouterr().out

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-features", default=None, help="patch-feature store for PCA images (default: uns)")
     p.add_argument("--n-neighbors", type=int, default=15)
     p.add_argument("--resolution", type=float, default=1.0, help="leiden resolution")
-    p.add_argument("--output", default=None, help="rows output (default IN.analyzed.h5ad)")
+    p.add_argument("-o", "--output", default=None,
+                   help="rows output (default IN.analyzed.h5ad); OUT.wells.h5ad and OUT.metrics.json go beside it")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -57,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
                                    aggregate=args.aggregate, label=args.label, treatment=args.treatment,
                                    plots_dir=args.plots, patch_features=patches, n_neighbors=args.n_neighbors,
                                    resolution=args.resolution)  # fmt: skip
-    stem = _stem(args.input)
-    out = args.output or f"{stem}.analyzed.h5ad"
+    out = args.output or f"{_stem(args.input)}.analyzed.h5ad"
+    if not out.endswith(".h5ad"):
+        raise ValueError(f"{out}: the analysis output must end in .h5ad")
+    stem = _stem(out).removesuffix(".analyzed")
     adata.write_h5ad(out)
     wells.write_h5ad(f"{stem}.wells.h5ad")
     with open(f"{stem}.metrics.json", "w") as f:

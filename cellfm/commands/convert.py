@@ -16,8 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--pattern", default=DEFAULT_PATTERN,
                      help="regex on file names with named groups well (or row, column), field, channel, plate")  # fmt: skip
     src.add_argument("--manifest", help="CSV with columns path, well (or row, column), field, channel, plate")
-    p.add_argument("--channel-names", help="comma-separated channel labels, in channel order")
-    p.add_argument("--plate-name", help="plate name in the metadata (default: from the pattern or 'plate')")
+    p.add_argument("--channel-order", help="comma-separated channel tokens as the pattern's 'channel' group "
+                   "finds them (e.g. w2,w1,w3), in store order (default: natural sort, w2 < w10)")  # fmt: skip
+    p.add_argument("--channel-names", help="channel labels: TOKEN=LABEL pairs (w1=DAPI,w2=Actin), labels in "
+                   "--channel-order, or tokens found in the files (reorders); multi-channel files: in file order")  # fmt: skip
+    p.add_argument("--plate-name", help="plate name in the metadata (default: the pattern's plate group, "
+                   "else the output's name without .ome.zarr)")  # fmt: skip
     p.add_argument(
         "--ngff-version", choices=("0.4", "0.5"), default="0.4", help="0.4 = Zarr v2, 0.5 = Zarr v3"
     )
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give TIFF files/folders or --manifest")
         records = records_from_pattern(expand_inputs(args.inputs), args.pattern)
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
-    report = convert_plate(records, args.output, channel_names=names, version=args.ngff_version,
+    order = [n.strip() for n in args.channel_order.split(",")] if args.channel_order else None
+    report = convert_plate(records, args.output, channel_names=names, channel_order=order, version=args.ngff_version,
                            chunk=args.chunk, min_level_size=args.min_level_size, num_workers=args.workers,
                            plate_name=args.plate_name)  # fmt: skip
     print(f"{report.out}: wrote {len(report.written)} fields, {len(report.skipped)} already complete; "

@@ -17,8 +17,9 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from cellfm.data import writer
+from cellfm.data.plates import plate_name as stem_name
 from cellfm.data.stores import check_dtype
-from cellfm.data.tiff_ingest import TiffRecord, group_fields
+from cellfm.data.tiff_ingest import TiffRecord, channel_plan, group_fields
 
 log = logging.getLogger(__name__)
 MARKER = ".cellfm-complete"
@@ -97,6 +98,7 @@ def convert_plate(
     out: str,
     *,
     channel_names: list[str] | None = None,
+    channel_order: list[str] | None = None,
     version: str = "0.4",
     chunk: int = 256,
     min_level_size: int = 256,
@@ -104,14 +106,25 @@ def convert_plate(
     plate_name: str | None = None,
     on_field_done: Callable[[str], None] | None = None,
 ) -> ConvertReport:
-    """Write the TIFF `records` as an OME-Zarr plate at `out`; rerunning skips fields already complete."""
+    """Write the TIFF `records` as an OME-Zarr plate at `out`; rerunning skips fields already complete.
+
+    Channels from file names are ordered and labelled by `tiff_ingest.channel_plan`; the plate is
+    named `plate_name`, else the records' plate, else the output's stem."""
     plate, channels, fields = group_fields(records)
     first_files = list(next(iter(fields.values())).values())
     shape0, dtype, ome_names = _tiff_info(first_files[0])
     check_dtype(dtype, first_files[0])
     c0, h, w = _as_cyx(shape0, first_files[0])
     n_channels = len(channels) if channels else c0
-    names = list(channel_names or channels or ome_names or [f"c{i}" for i in range(n_channels)])
+    if channels:  # one file per channel: order and labels by token, never by position (see channel_plan)
+        channels, names = channel_plan(channels, channel_order, channel_names)
+    else:
+        if channel_order:
+            raise ValueError(f"channel order {channel_order} given, but the file names carry no channel")
+        names = list(channel_names or ome_names or [f"c{i}" for i in range(n_channels)])
+        if ome_names and channel_names and sorted(names) == sorted(ome_names) and names != ome_names:
+            raise ValueError(f"channel names {names} reorder the OME channels {ome_names} of {first_files[0]}; "
+                             "names are given in the file's channel order")  # fmt: skip
     if len(names) != n_channels:
         raise ValueError(f"{len(names)} channel names {names} for {n_channels} channels in {first_files[0]}")
     if len(set(names)) != len(names):
@@ -134,7 +147,7 @@ def convert_plate(
         if diffs:
             raise ValueError(f"{out}: earlier conversion differs in {diffs}: {[existing[k] for k in diffs]} "
                              f"vs now {[plan[k] for k in diffs]}")  # fmt: skip
-    root = writer.create_plate(out, plate_name or plate, wells, version)
+    root = writer.create_plate(out, plate_name or plate or stem_name(out), wells, version)
     root.attrs[PLAN_KEY] = {**plan, "complete": False}
     for (well, fld), by_channel in fields.items():
         key = f"{well}/{fld}"

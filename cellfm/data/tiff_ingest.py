@@ -60,9 +60,14 @@ def _well_from_groups(groups: dict[str, str | None], where: str) -> str:
     raise ValueError(f"{where}: no well (need a 'well' group or 'row' and 'column' groups)")
 
 
-def records_from_pattern(files: list[str], pattern: str, plate: str = "plate") -> list[TiffRecord]:
-    """Parse file names with a regex whose named groups give well (or row+column), field, channel, plate."""
-    regex = re.compile(pattern)
+def records_from_pattern(files: list[str], pattern: str, plate: str = "") -> list[TiffRecord]:
+    """Parse file names with a regex whose named groups give well (or row+column), field, channel, plate.
+
+    Without a `plate` group or argument the plate is "" (the converter then names it after its output)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {err}") from None
     names = set(regex.groupindex)
     if not ({"well"} <= names or {"row", "column"} <= names or {"row", "col"} <= names):
         raise ValueError(f"pattern {pattern!r} needs a named group 'well' or groups 'row' and 'column'")
@@ -81,7 +86,7 @@ def records_from_pattern(files: list[str], pattern: str, plate: str = "plate") -
     return records
 
 
-def records_from_csv(manifest: str, plate: str = "plate") -> list[TiffRecord]:
+def records_from_csv(manifest: str, plate: str = "") -> list[TiffRecord]:
     """Read a manifest with columns path, well (or row, column), field, channel (optional), plate (optional)."""
     base = os.path.dirname(os.path.abspath(manifest))
     records = []
@@ -106,6 +111,51 @@ def records_from_csv(manifest: str, plate: str = "plate") -> list[TiffRecord]:
     return records
 
 
+def natural_key(text: str) -> tuple:
+    """Sort key comparing digit runs as numbers: ch2 < ch10, w1 < w2, Actin < DAPI."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|\D+", text))
+
+
+def channel_plan(
+    found: list[str], order: list[str] | None = None, names: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(channel tokens of the files in store order, their labels). The order is `order` if given, else
+    the tokens of `names` (matched by name), else `found` in natural order. `names` may map tokens
+    explicitly (``w1=DAPI``); a name or token that the files do not have is an error, never a relabel."""
+    found_set = set(found)
+    if names and all("=" in n for n in names):
+        pairs = [tuple(p.strip() for p in n.split("=", 1)) for n in names]
+        order = order or [t for t, _ in pairs]
+        mapping = dict(pairs)
+        if sorted(mapping) != sorted(order):
+            raise ValueError(f"channel names {names} map tokens {sorted(mapping)}, but the order is {order}")
+        names = [mapping[t] for t in order]
+    elif names and any("=" in n for n in names):
+        raise ValueError(f"channel names {names}: give all as TOKEN=LABEL or none")
+    if order is None and names:
+        unknown = [n for n in names if n not in found_set]
+        if unknown or len(names) != len(found):
+            raise ValueError(
+                f"channel names {names} are matched to the channels found in the file names {found} by name, "
+                f"and {unknown or 'some channels'} {'are' if unknown else 'are not named'}; to label them, "
+                f"map tokens to labels (e.g. {found[0]}=DAPI) or give the channel order (--channel-order "
+                f"{','.join(found)}) with the labels in that order"
+            )
+        order = list(names)
+    order = list(order or found)
+    unknown = [t for t in order if t not in found_set]
+    missing = [t for t in found if t not in set(order)]
+    if unknown or missing or len(set(order)) != len(order):
+        raise ValueError(
+            f"channel order {order} must list each channel found in the file names once: {found}"
+            + (f"; unknown {unknown}" if unknown else "") + (f"; missing {missing}" if missing else "")
+        )  # fmt: skip
+    labels = list(names or order)
+    if len(labels) != len(order):
+        raise ValueError(f"{len(labels)} channel names {labels} for {len(order)} channels {order}")
+    return order, labels
+
+
 def group_fields(records: list[TiffRecord]) -> tuple[str, list[str] | None, dict[tuple[str, str], dict]]:
     """Group records into fields: (plate, channel order or None, {(well, field): {channel: path}})."""
     plates = sorted({r.plate for r in records})
@@ -123,7 +173,7 @@ def group_fields(records: list[TiffRecord]) -> tuple[str, list[str] | None, dict
         entry[key] = r.path
     channels = None
     if True in with_channel:
-        channels = sorted({r.channel for r in records}, key=lambda c: (len(c), c))
+        channels = sorted({r.channel for r in records}, key=natural_key)
         for (well, field), entry in fields.items():
             if set(entry) != set(channels):
                 raise ValueError(
