@@ -15,13 +15,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pattern", default=DEFAULT_PATTERN,
                      help="regex on file names with named groups well (or row, column), field, channel, plate")  # fmt: skip
-    src.add_argument("--manifest", help="CSV with columns path, well (or row, column), field, channel, plate")
+    src.add_argument("--manifest", help="CSV with columns path, well (or row, column), field, channel, plate; "
+                     "optional column labels (a label TIFF for that field)")  # fmt: skip
     p.add_argument("--channel-order", help="comma-separated channel tokens as the pattern's 'channel' group "
                    "finds them (e.g. w2,w1,w3), in store order (default: natural sort, w2 < w10)")  # fmt: skip
     p.add_argument("--channel-names", help="channel labels: TOKEN=LABEL pairs (w1=DAPI,w2=Actin), labels in "
                    "--channel-order, or tokens found in the files (reorders); multi-channel files: in file order")  # fmt: skip
     p.add_argument("--plate-name", help="plate name in the metadata (default: the pattern's plate group, "
                    "else the output's name without .ome.zarr)")  # fmt: skip
+    p.add_argument("--pixel-size", type=float, nargs="+", metavar="UM",
+                   help="micrometres per pixel, X or Y X (default: from OME-TIFF / ImageJ metadata, else 1)")  # fmt: skip
+    p.add_argument("--labels-pattern", help="regex picking label-image TIFFs among the inputs, with groups well "
+                   "(or row, column), field, optional name; written as labels/<name> of that field")  # fmt: skip
+    p.add_argument(
+        "--labels-name", default="cells", help="label name when the labels pattern has no 'name' group"
+    )
     p.add_argument(
         "--ngff-version", choices=("0.4", "0.5"), default="0.4", help="0.4 = Zarr v2, 0.5 = Zarr v3"
     )
@@ -35,21 +43,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Convert, then print how many fields were written and how many were already complete."""
     from cellfm.data.convert import convert_plate
-    from cellfm.data.tiff_ingest import expand_inputs, records_from_csv, records_from_pattern
+    from cellfm.data.tiff_ingest import (
+        expand_inputs,
+        labels_from_csv,
+        records_from_csv,
+        records_from_pattern,
+        split_label_files,
+    )
 
+    labels = None
     if args.manifest:
         records = records_from_csv(args.manifest)
+        labels = labels_from_csv(args.manifest, args.labels_name)
     else:
         if not args.inputs:
             raise ValueError("give TIFF files/folders or --manifest")
-        records = records_from_pattern(expand_inputs(args.inputs), args.pattern)
+        files = expand_inputs(args.inputs)
+        if args.labels_pattern:
+            files, labels = split_label_files(files, args.labels_pattern, args.labels_name)
+        records = records_from_pattern(files, args.pattern)
+    pixel = args.pixel_size
+    if pixel is not None and len(pixel) not in (1, 2):
+        raise ValueError(f"--pixel-size takes X or Y X micrometres, got {pixel}")
+    pixel = None if pixel is None else (pixel[0], pixel[0]) if len(pixel) == 1 else tuple(pixel)
     names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
     order = [n.strip() for n in args.channel_order.split(",")] if args.channel_order else None
     report = convert_plate(records, args.output, channel_names=names, channel_order=order, version=args.ngff_version,
                            chunk=args.chunk, min_level_size=args.min_level_size, num_workers=args.workers,
-                           plate_name=args.plate_name)  # fmt: skip
+                           plate_name=args.plate_name, pixel_size=pixel, labels=labels)  # fmt: skip
     print(f"{report.out}: wrote {len(report.written)} fields, {len(report.skipped)} already complete; "
-          f"channels {report.channels}")  # fmt: skip
+          f"channels {report.channels}, {report.pixel_size[1]:g} um/pixel")  # fmt: skip
     if args.stats:
         from cellfm.data.plates import list_fields
         from cellfm.data.stats import compute_stats, save_stats

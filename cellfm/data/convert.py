@@ -17,9 +17,10 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from cellfm.data import writer
+from cellfm.data.ngff_labels import write_labels
 from cellfm.data.plates import plate_name as stem_name
 from cellfm.data.stores import check_dtype
-from cellfm.data.tiff_ingest import TiffRecord, channel_plan, group_fields
+from cellfm.data.tiff_ingest import TiffRecord, channel_plan, group_fields, tiff_pixel_size
 
 log = logging.getLogger(__name__)
 MARKER = ".cellfm-complete"
@@ -34,6 +35,7 @@ class ConvertReport:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)
+    pixel_size: tuple[float, float] = (1.0, 1.0)
 
 
 def _tiff_info(path: str) -> tuple[tuple[int, ...], np.dtype, list[str] | None]:
@@ -70,6 +72,16 @@ def _lazy_field(files: list[str], shape: tuple[int, int, int], dtype: np.dtype) 
     return da.concatenate(parts, axis=0)
 
 
+def _read_labels(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A 2-D integer label TIFF of the field's shape."""
+    labels = np.squeeze(tifffile.imread(path))
+    if labels.shape != shape or labels.dtype.kind not in "ui":
+        raise ValueError(
+            f"{path}: labels must be a {shape[0]}x{shape[1]} integer image, got {labels.dtype} {labels.shape}"
+        )
+    return labels
+
+
 def _fs(out: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(out)
 
@@ -104,12 +116,16 @@ def convert_plate(
     min_level_size: int = 256,
     num_workers: int = 2,
     plate_name: str | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    labels: dict[tuple[str, str], dict[str, str]] | None = None,
     on_field_done: Callable[[str], None] | None = None,
 ) -> ConvertReport:
     """Write the TIFF `records` as an OME-Zarr plate at `out`; rerunning skips fields already complete.
 
     Channels from file names are ordered and labelled by `tiff_ingest.channel_plan`; the plate is
-    named `plate_name`, else the records' plate, else the output's stem."""
+    named `plate_name`, else the records' plate, else the output's stem. `pixel_size` (y, x) in
+    micrometres defaults to the first file's OME-TIFF / ImageJ calibration (else 1). `labels` maps
+    (well, field) to {name: label TIFF}, written as NGFF labels of that field."""
     plate, channels, fields = group_fields(records)
     first_files = list(next(iter(fields.values())).values())
     shape0, dtype, ome_names = _tiff_info(first_files[0])
@@ -134,7 +150,11 @@ def convert_plate(
         wells.setdefault(well, []).append(fld)
     plan = {"channels": names, "version": version, "shape": [n_channels, h, w], "dtype": str(dtype),
             "fields": [f"{wl}/{f}" for wl, f in fields]}  # fmt: skip
-    report = ConvertReport(out=out, channels=names)
+    pixel_size = tuple(pixel_size or tiff_pixel_size(first_files[0]) or (1.0, 1.0))
+    unknown = sorted(set(labels or {}) - set(fields))
+    if unknown:
+        raise ValueError(f"labels for fields {unknown[:5]} that have no image files")
+    report = ConvertReport(out=out, channels=names, pixel_size=pixel_size)
     fs, root_path = _fs(out)
     if fs.exists(root_path):
         try:
@@ -160,7 +180,9 @@ def convert_plate(
             raise ValueError(f"{files}: {data.shape[0]} channels, expected {n_channels}")
         group = root[well].require_group(fld)
         writer.write_image(group, data, names, version, chunk=chunk, min_level_size=min_level_size,
-                           num_workers=num_workers)  # fmt: skip
+                           pixel_size=pixel_size, num_workers=num_workers)  # fmt: skip
+        for label_name, label_path in (labels or {}).get((well, fld), {}).items():
+            write_labels(group, _read_labels(label_path, (h, w)), label_name, version, chunk=chunk)
         _write_marker(fs, root_path, key, {"sources": files, "shape": [n_channels, h, w]})
         report.written.append(key)
         log.info("converted %s (%d/%d)", key, len(report.written) + len(report.skipped), len(fields))

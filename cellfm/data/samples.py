@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .writer import create_plate, with_version, write_image
+from .ngff_labels import write_labels
+from .writer import create_plate, write_image
 
 
 def _bio_sample_file(name: str) -> Path:
@@ -73,27 +73,24 @@ def object_labels(name: str, img: np.ndarray) -> np.ndarray:
     return otsu_objects(img)
 
 
-def write_labels(field: Any, labels: np.ndarray, name: str, version: str) -> None:
-    """An NGFF `labels/<name>` image (one channel) inside a field group."""
-    group = field.require_group("labels")
-    group.attrs.update(with_version(version, {"labels": [name]}))
-    write_image(
-        group.require_group(name), labels[None], [name], version, chunk=256, min_level_size=labels.shape[-1]
-    )
-
-
 def write_sample_plate(
     out: str | Path, version: str = "0.4", timelapse_frames: int = 4, labels: bool = True
 ) -> str:
     """An OME-Zarr HCS plate with one well per training image (channel "DNA") and, with `labels`,
-    a `labels/nuclei` object image per field; returns its path."""
+    a `labels/nuclei` object image per field; returns its path.
+
+    Viewers (ome-zarr-py, napari-ome-zarr) tile a plate's fields into one grid, so every field has
+    the same shape: each image is centre-cropped to the smallest height and width among them."""
     images = training_images(timelapse_frames)
+    h = min(img.shape[0] for img in images.values())
+    w = min(img.shape[1] for img in images.values())
     wells = {f"A/{i + 1}": ["0"] for i in range(len(images))}
     root = create_plate(str(out), "cellfm-samples", wells, version, mode="w")
     for (well, _), (name, img) in zip(wells.items(), images.items()):
+        y, x = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
         grp = root[well].require_group("0")
-        write_image(grp, img[None], ["DNA"], version, chunk=256, min_level_size=128)
+        write_image(grp, img[None, y : y + h, x : x + w], ["DNA"], version, chunk=256, min_level_size=128)
         grp.attrs["cellfm_source_image"] = name
         if labels:
-            write_labels(grp, object_labels(name, img), "nuclei", version)
+            write_labels(grp, object_labels(name, img)[y : y + h, x : x + w], "nuclei", version)
     return str(out)

@@ -64,10 +64,7 @@ def records_from_pattern(files: list[str], pattern: str, plate: str = "") -> lis
     """Parse file names with a regex whose named groups give well (or row+column), field, channel, plate.
 
     Without a `plate` group or argument the plate is "" (the converter then names it after its output)."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {err}") from None
+    regex = _compile(pattern)
     names = set(regex.groupindex)
     if not ({"well"} <= names or {"row", "column"} <= names or {"row", "col"} <= names):
         raise ValueError(f"pattern {pattern!r} needs a named group 'well' or groups 'row' and 'column'")
@@ -84,6 +81,67 @@ def records_from_pattern(files: list[str], pattern: str, plate: str = "") -> lis
     if unmatched:
         raise ValueError(f"{len(unmatched)} file(s) do not match pattern {pattern!r}, e.g. {unmatched[:3]}")
     return records
+
+
+def _compile(pattern: str, what: str = "pattern") -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{what} {pattern!r} is not a valid regular expression: {err}") from None
+
+
+def split_label_files(
+    files: list[str], pattern: str, name: str = "cells"
+) -> tuple[list[str], dict[tuple[str, str], dict[str, str]]]:
+    """(image files, {(well, field): {label name: path}}) for the files whose names match `pattern`,
+    a regex with groups well (or row, column), field and optionally name (else `name`)."""
+    regex = _compile(pattern, "labels pattern")
+    if not ({"well"} <= set(regex.groupindex) or {"row", "column"} <= set(regex.groupindex)):
+        raise ValueError(
+            f"labels pattern {pattern!r} needs a named group 'well' or groups 'row' and 'column'"
+        )
+    images, labels = [], {}
+    for path in files:
+        m = regex.search(os.path.basename(path))
+        if not m:
+            images.append(path)
+            continue
+        g = m.groupdict()
+        field = str(int(g["field"])) if (g.get("field") or "").isdigit() else (g.get("field") or "0")
+        entry = labels.setdefault((_well_from_groups(g, path), field), {})
+        key = g.get("name") or name
+        if key in entry:
+            raise ValueError(f"labels {key!r} of {path}: two files {entry[key]} and {path}")
+        entry[key] = path
+    if not labels:
+        raise ValueError(f"no file matches the labels pattern {pattern!r}")
+    return images, labels
+
+
+def tiff_pixel_size(path: str) -> tuple[float, float] | None:
+    """(y, x) micrometres per pixel from OME-TIFF `PhysicalSizeY/X` or ImageJ resolution, else None."""
+    import tifffile
+
+    scale = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "mm": 1e3, "\\u00B5m": 1.0}
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_ome:
+            image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+            sizes = [pixels.get(f"PhysicalSize{a}") for a in "YX"]
+            units = [str(pixels.get(f"PhysicalSize{a}Unit", "µm")) for a in "YX"]
+            if sizes[1] is not None:
+                y = sizes[0] if sizes[0] is not None else sizes[1]
+                if any(u not in scale for u in units):
+                    raise ValueError(f"{path}: unsupported PhysicalSize unit {units} (expected nm, µm or mm)")
+                return float(y) * scale[units[0]], float(sizes[1]) * scale[units[1]]
+        meta = tif.imagej_metadata or {}
+        unit = str(meta.get("unit", "")).replace("\\u00B5", "µ")
+        tags = tif.pages[0].tags
+        if unit in scale and "XResolution" in tags and "YResolution" in tags:
+            (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
+            if xn and yn:
+                return yd / yn * scale[unit], xd / xn * scale[unit]
+    return None
 
 
 def records_from_csv(manifest: str, plate: str = "") -> list[TiffRecord]:
@@ -154,6 +212,28 @@ def channel_plan(
     if len(labels) != len(order):
         raise ValueError(f"{len(labels)} channel names {labels} for {len(order)} channels {order}")
     return order, labels
+
+
+def labels_from_csv(manifest: str, name: str = "cells") -> dict[tuple[str, str], dict[str, str]] | None:
+    """{(well, field): {name: path}} from a manifest's optional `labels` column (None without one)."""
+    base = os.path.dirname(os.path.abspath(manifest))
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    with open(manifest, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if "labels" not in (reader.fieldnames or []):
+            return None
+        for i, row in enumerate(reader, start=2):
+            if not (row.get("labels") or "").strip():
+                continue
+            where = f"{manifest}:{i}"
+            path = row["labels"] if os.path.isabs(row["labels"]) else os.path.join(base, row["labels"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{where}: labels file {path} does not exist")
+            field = (row.get("field") or "0").strip()
+            key = (_well_from_groups(row, where), str(int(field)) if field.isdigit() else field)
+            if out.setdefault(key, {}).setdefault(name, path) != path:
+                raise ValueError(f"{where}: field {key} has two label files {out[key][name]} and {path}")
+    return out
 
 
 def group_fields(records: list[TiffRecord]) -> tuple[str, list[str] | None, dict[tuple[str, str], dict]]:

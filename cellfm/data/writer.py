@@ -1,4 +1,9 @@
-"""Write OME-Zarr: NGFF 0.4 (Zarr v2) or 0.5 (Zarr v3) image groups with a pyramid, and HCS plate metadata."""
+"""Write OME-Zarr: NGFF 0.4 (Zarr v2) or 0.5 (Zarr v3) image groups with a pyramid, and HCS plate metadata.
+
+cellfm's own small writer, producing what the spec and ome-zarr-models require (tests validate every
+store with ome-zarr-models and read it back with ome-zarr-py and napari-ome-zarr); labels are in
+`ngff_labels.py`. ome-zarr-py's writer is not used: its `write_image` drops an `omero` block given
+as metadata (0.18) and it cannot resume a plate field by field."""
 
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ def zarr_format(version: str) -> int:
 
 def with_version(version: str, block: dict[str, Any]) -> dict[str, Any]:
     """Wrap an OME block as the attributes of a group of the given NGFF version."""
-    if version == "0.5":
-        return {"ome": {"version": "0.5", **block}}
+    if version == "0.5":  # strict 0.5 readers want the plate's own version too
+        plate = {"plate": {**block["plate"], "version": "0.5"}} if "plate" in block else {}
+        return {"ome": {"version": "0.5", **block, **plate}}
     block = {k: (dict(v) if isinstance(v, dict) else v) for k, v in block.items()}
     for key in ("plate", "well"):
         if key in block:
@@ -60,10 +66,27 @@ def pyramid_shapes(
     return shapes
 
 
-def omero_block(names: list[str], dtype: np.dtype) -> dict[str, Any]:
-    """`omero` rendering metadata carrying channel labels."""
+def channel_windows(data: np.ndarray, dtype: np.dtype, low: float = 0.1, high: float = 99.9) -> list[dict]:
+    """`omero.window` per channel of a (C, H, W) array: start/end at the `low`/`high` percentiles of the
+    data (so viewers show it with contrast), min/max the dtype's range (the data's range for floats)."""
+    dt = np.dtype(dtype)
+    flat = np.asarray(data, dtype=np.float64).reshape(len(data), -1)
+    windows = []
+    for values in flat:
+        start, end = (float(v) for v in np.percentile(values, [low, high]))
+        if end <= start:
+            end = start + (1.0 if dt.kind in "ui" else max(abs(start), 1.0) * 1e-3)
+        lo, hi = (float(np.iinfo(dt).min), float(np.iinfo(dt).max)) if dt.kind in "ui" else (
+            min(float(values.min()), start), max(float(values.max()), end))  # fmt: skip
+        windows.append({"min": lo, "max": hi, "start": start, "end": end})
+    return windows
+
+
+def omero_block(names: list[str], dtype: np.dtype, windows: list[dict] | None = None) -> dict[str, Any]:
+    """`omero` rendering metadata: channel labels, colours, display windows (dtype range if not given)."""
     dt = np.dtype(dtype)
     top = float(np.iinfo(dt).max) if dt.kind in "ui" else 1.0
+    default = {"min": 0.0, "max": top, "start": 0.0, "end": top}
     colors = ["0000FF", "00FF00", "FF0000", "FF00FF", "FFFF00", "00FFFF", "FFFFFF"]
     return {
         "channels": [
@@ -71,12 +94,39 @@ def omero_block(names: list[str], dtype: np.dtype) -> dict[str, Any]:
                 "label": n,
                 "color": colors[i % len(colors)],
                 "active": True,
-                "window": {"min": 0.0, "max": top, "start": 0.0, "end": top},
+                "window": dict(windows[i]) if windows else dict(default),
             }  # fmt: skip
             for i, n in enumerate(names)
         ],
         "rdefs": {"model": "color"},
     }
+
+
+def level_scales(pixel_size: float | tuple[float, float], n_levels: int) -> list[list[float]]:
+    """tczyx `scale` per pyramid level: (y, x) pixel size in micrometres, doubled at each level."""
+    py, px = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size
+    if not (float(py) > 0 and float(px) > 0):
+        raise ValueError(f"pixel size must be positive micrometres, got {pixel_size}")
+    return [[1.0, 1.0, 1.0, float(py) * 2**i, float(px) * 2**i] for i in range(n_levels)]
+
+
+def multiscales_entry(paths: list[str], scales: list[list[float]], name: str) -> dict[str, Any]:
+    """One `multiscales` entry over tczyx levels `paths` with their scales."""
+    datasets = [{"path": p, "coordinateTransformations": [{"type": "scale", "scale": sc}]}
+                for p, sc in zip(paths, scales)]  # fmt: skip
+    return {"axes": AXES_5D, "datasets": datasets, "name": name}
+
+
+def create_level(
+    group: zarr.Group, path: str, shape: tuple, chunk: int, dtype: Any, version: str
+) -> zarr.Array:
+    """An empty tczyx array for one pyramid level, chunked (1, C, 1, chunk, chunk), compressed."""
+    c, lh, lw = shape[1], shape[3], shape[4]
+    return group.create_array(
+        path, shape=shape, chunks=(1, c, 1, min(chunk, lh), min(chunk, lw)), dtype=dtype,
+        compressors=compressor(version), fill_value=0, overwrite=True, config={"write_empty_chunks": True},
+        **({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {"dimension_names": list("tczyx")}),
+    )  # fmt: skip
 
 
 def _downsample(level: da.Array) -> da.Array:
@@ -96,40 +146,34 @@ def write_image(
     *,
     chunk: int = 256,
     min_level_size: int = 256,
-    pixel_size: float = 1.0,
+    pixel_size: float | tuple[float, float] = 1.0,
     num_workers: int = 2,
 ) -> list[str]:
-    """Write a (C, H, W) image into `group` as a 5-D tczyx pyramid plus multiscales/omero metadata."""
+    """Write a (C, H, W) image into `group` as a 5-D tczyx pyramid plus multiscales/omero metadata.
+
+    `pixel_size` is micrometres per pixel, (y, x) or one number; display windows come from the data."""
     data = da.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"{group.store}/{group.path}: expected a (C, H, W) image, got shape {data.shape}")
     c, h, w = data.shape
     if len(channel_names) != c:
         raise ValueError(f"{group.path}: {len(channel_names)} channel names for {c} channels")
-    chunks = (1, c, 1, min(chunk, h), min(chunk, w))
-    level = data[None, :, None].rechunk(chunks)
-    paths, datasets = [], []
-    for i, (lh, lw) in enumerate(pyramid_shapes(h, w, min_level_size)):
+    shapes = pyramid_shapes(h, w, min_level_size)
+    scales = level_scales(pixel_size, len(shapes))
+    level = data[None, :, None]
+    paths = []
+    for i, (lh, lw) in enumerate(shapes):
         path = str(i)
-        arr = group.create_array(
-            path, shape=(1, c, 1, lh, lw), chunks=(1, c, 1, min(chunk, lh), min(chunk, lw)), dtype=data.dtype,
-            compressors=compressor(version), fill_value=0, overwrite=True,
-            config={"write_empty_chunks": True},
-            **({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {"dimension_names": list("tczyx")}),
-        )  # fmt: skip
+        arr = create_level(group, path, (1, c, 1, lh, lw), chunk, data.dtype, version)
         if i > 0:
             level = _downsample(da.from_zarr(group[str(i - 1)]))
         level = level[..., :lh, :lw].rechunk(arr.chunks)
         da.store(level, arr, lock=False, scheduler="threads", num_workers=num_workers)
-        factor = float(2**i)
         paths.append(path)
-        datasets.append({"path": path, "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 1.0, 1.0, pixel_size * factor, pixel_size * factor]}]})  # fmt: skip
+    windows = channel_windows(group[paths[-1]][0, :, 0], data.dtype)  # coarsest level: cheap, representative
     block = {
-        "multiscales": [
-            {"axes": AXES_5D, "datasets": datasets, "name": group.path.rsplit("/", 1)[-1] or "image"}
-        ],
-        "omero": omero_block(channel_names, data.dtype),
+        "multiscales": [multiscales_entry(paths, scales, group.path.rsplit("/", 1)[-1] or "image")],
+        "omero": omero_block(channel_names, data.dtype, windows),
     }
     group.attrs.update(with_version(version, block))
     return paths
