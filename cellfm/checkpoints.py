@@ -30,6 +30,7 @@ from .models.bag_of_channels import BagOfChannels
 from .models.channel_adapt import adapt_patch_embed_weight
 from .models.factory import HUB_MODELS, build_backbone
 from .models.vision_transformer import ViTArch
+from .weights_check import check_finite_weights
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,17 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
+        from .weights_check import check_arch, read_safetensors_header, safetensors_metadata
+
+        header = read_safetensors_header(path)  # bounded and checked before any tensor is read
+        info = safetensors_metadata(path, header, METADATA_KEY)
+        if info.get("arch"):
+            check_arch(path, info["arch"], {k: v["shape"] for k, v in header.items() if k != "__metadata__"})
         try:
             with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
-        info = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
         return tensors, info
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -202,10 +207,15 @@ def load_backbone(
         )
     tensors, meta = read_state_dict(path)
     sd = convert_state_dict(tensors)
-    if meta.get("arch"):
-        arch = _arch_from_meta(meta["arch"], path)
-    else:
-        arch = infer_arch(sd, num_heads)
+    check_finite_weights(path, sd)
+    try:
+        arch = _arch_from_meta(meta["arch"], path) if meta.get("arch") else infer_arch(sd, num_heads)
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, AttributeError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{path}: architecture cannot be read from the weights ({type(err).__name__}: {err})"
+        ) from err
     sd, arch = _adapt_channels(sd, arch, in_chans, channel_strategy)
     model = build_backbone(arch, **runtime)
     target = model.backbone if isinstance(model, BagOfChannels) else model

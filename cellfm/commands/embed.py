@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=1, help="processes (a dask LocalCluster) splitting the fields"
     )
     p.add_argument("--scheduler", default=None, help="address of a running dask.distributed scheduler")
+    p.add_argument("--on-bad-data", choices=("skip", "fail"), default="skip",
+                   help="damaged chunks: skip the field (listed in uns['cellfm']['skipped']) or fail")  # fmt: skip
+    p.add_argument("--nan-policy", choices=("error", "zero", "skip"), default="error",
+                   help="NaN/Inf pixels: fail (default), replace by 0, or skip the field")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace OUT and start the job again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(level=args.level, pooling=args.pooling, labels=args.labels, image_level=level,
                    tile_size=args.tile_size, overlap=args.overlap, crop_size=args.crop_size,
                    min_area=args.min_area, batch_size=args.batch_size, device=args.device,
-                   int8=args.int8)  # fmt: skip
+                   int8=args.int8, on_bad_data=args.on_bad_data, nan_policy=args.nan_policy)  # fmt: skip
     if args.channels:
         options["channels"] = [c.strip() for c in args.channels.split(",") if c.strip()]
     client = None

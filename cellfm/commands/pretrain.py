@@ -23,10 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default="cpu_tiny", help="recipe name (see `cellfm info`) or YAML path")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, exports)")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many total steps")
+    p.add_argument("--steps", type=positive_int, default=None, help="stop after this many total steps (> 0)")
     p.add_argument(
-        "--minutes", type=float, default=None, help="stop (and checkpoint) after this much training time"
+        "--minutes",
+        type=positive_float,
+        default=None,
+        help="stop (and checkpoint) after this much training time",
     )
+    p.add_argument("--on-bad-data", choices=("skip", "fail"), default=None,
+                   help="damaged chunks: skip (default; counted, bad_data.jsonl) or fail (= data.on_bad_data)")  # fmt: skip
+    p.add_argument("--nan-policy", choices=("error", "zero", "skip"), default=None,
+                   help="NaN/Inf pixels: error (default), zero or skip the crop (= data.nan_policy)")  # fmt: skip
+    p.add_argument("--resume-with-changes", default="", metavar="KEY,...",
+                   help="resume a run whose config differs in these keys (e.g. optim.base_lr,train.seed)")  # fmt: skip
     p.add_argument(
         "overrides",
         nargs="*",
@@ -35,6 +44,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="config overrides, e.g. optim.base_lr=1e-3",
     )
     p.set_defaults(func=run, accepts_extra=True)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _split(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -50,9 +75,13 @@ def run(args: argparse.Namespace) -> int:
     data, overrides = _split(args)
     if not data:
         raise ValueError("no DATA stores given")
+    for flag, key in ((args.on_bad_data, "data.on_bad_data"), (args.nan_policy, "data.nan_policy")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
     cfg = load_ssl_config(args.config, overrides)
     limit = args.minutes * 60 if args.minutes is not None else None
-    last = pretrain(cfg, data, args.output, steps=args.steps, time_limit_s=limit)
+    changes = [k.strip() for k in args.resume_with_changes.split(",") if k.strip()]
+    last = pretrain(cfg, data, args.output, steps=args.steps, time_limit_s=limit, resume_with_changes=changes)
     if last and os.environ.get("RANK", "0") == "0":  # under torchrun: the main process reports
         print(f"step {last['step'] + 1}: loss {last['loss']:.4f}; outputs in {args.output}")
     return 0

@@ -17,6 +17,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from cellfm.data import writer
+from cellfm.data.convert_checks import clean_marker_temps, merged_wells, verify_field
 from cellfm.data.ngff_labels import write_labels
 from cellfm.data.plates import plate_name as stem_name
 from cellfm.data.stores import check_dtype
@@ -105,7 +106,16 @@ def _write_marker(fs: fsspec.AbstractFileSystem, root: str, key: str, payload: d
         fs.pipe_file(target, data)
 
 
-def convert_plate(
+def convert_plate(records: list[TiffRecord], out: str, **options) -> ConvertReport:
+    """Write the TIFF `records` as an OME-Zarr plate at `out` (one convert per output at a time: `OUT.lock`);
+    rerunning skips fields already complete, and a rerun with fewer inputs keeps the other fields listed."""
+    from cellfm.locking import exclusive
+
+    with exclusive(out, "cellfm convert"):
+        return _convert_plate(records, out, **options)
+
+
+def _convert_plate(
     records: list[TiffRecord],
     out: str,
     *,
@@ -167,6 +177,9 @@ def convert_plate(
         if diffs:
             raise ValueError(f"{out}: earlier conversion differs in {diffs}: {[existing[k] for k in diffs]} "
                              f"vs now {[plan[k] for k in diffs]}")  # fmt: skip
+    wells = merged_wells(out, wells)  # a rerun with a subset of the inputs keeps the other fields
+    plan["fields"] = [f"{wl}/{f}" for wl, fl in wells.items() for f in fl]
+    clean_marker_temps(out, plan["fields"])
     root = writer.create_plate(out, plate_name or plate or stem_name(out), wells, version)
     root.attrs[PLAN_KEY] = {**plan, "complete": False}
     for (well, fld), by_channel in fields.items():
@@ -179,14 +192,16 @@ def convert_plate(
         if data.shape[0] != n_channels:
             raise ValueError(f"{files}: {data.shape[0]} channels, expected {n_channels}")
         group = root[well].require_group(fld)
-        writer.write_image(group, data, names, version, chunk=chunk, min_level_size=min_level_size,
-                           pixel_size=pixel_size, num_workers=num_workers)  # fmt: skip
+        paths = writer.write_image(group, data, names, version, chunk=chunk, min_level_size=min_level_size,
+                                   pixel_size=pixel_size, num_workers=num_workers)  # fmt: skip
         for label_name, label_path in (labels or {}).get((well, fld), {}).items():
             write_labels(group, _read_labels(label_path, (h, w)), label_name, version, chunk=chunk)
+        verify_field(group, paths, (n_channels, h, w), f"{out}/{key}")  # before the marker says complete
         _write_marker(fs, root_path, key, {"sources": files, "shape": [n_channels, h, w]})
         report.written.append(key)
         log.info("converted %s (%d/%d)", key, len(report.written) + len(report.skipped), len(fields))
         if on_field_done is not None:
             on_field_done(key)
-    root.attrs[PLAN_KEY] = {**plan, "complete": True}
+    done = all(_marker_exists(fs, root_path, k) for k in plan["fields"])  # earlier runs' fields too
+    root.attrs[PLAN_KEY] = {**plan, "complete": done}
     return report

@@ -14,6 +14,7 @@ from torch.utils.data import IterableDataset
 
 from cellfm.data import sampler
 from cellfm.data.channels import match_channels
+from cellfm.data.checked_read import BadData, append_record, check_finite, check_policy, decide
 from cellfm.data.plates import list_fields
 from cellfm.data.sharding import current_shard
 from cellfm.data.stats import ChannelStats
@@ -78,8 +79,13 @@ class CropDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: dict | None = None,
+        on_bad_data: str = "skip",
+        nan_policy: str = "error",
     ) -> None:
         super().__init__()
+        check_policy(on_bad_data, nan_policy)
+        self.on_bad_data, self.nan_policy = on_bad_data, nan_policy
+        self.bad_data_log: str | None = None  # JSON-lines file the skipped items are recorded in
         images: list[Image] = []
         for src in sources:
             images += [src] if isinstance(src, Image) else list_fields(src, level, strict=False,
@@ -120,7 +126,14 @@ class CropDataset(IterableDataset):
         for i, im in enumerate(self.images):
             if table is None:
                 lab = im.labels_image(labels_name)
-                found = sampler.label_centroids(lab)
+                try:
+                    found = sampler.label_centroids(lab)
+                except BadData as err:
+                    if not decide(err, self.on_bad_data, self.nan_policy):
+                        raise
+                    log.warning("single-cell mode: skipping the cells of %s: %s", im.source, err)
+                    self._bad(err, "labels")
+                    continue
                 scale = im.level_shape()[1] / lab.level_shape(0)[1]
             else:
                 found = table.get((im.plate, im.well, im.field), []) + table.get(("", im.well, im.field), [])
@@ -177,7 +190,7 @@ class CropDataset(IterableDataset):
             if not self.foreground:
                 self._positions[i] = None
             else:
-                mask, scale = sampler.foreground_mask(im, self.threshold, self.mask_max_size)
+                mask, scale = sampler.foreground_mask(im, self.threshold, self.mask_max_size, self.nan_policy)
                 self._positions[i] = sampler.crop_positions(
                     mask, scale, self.crop, (h, w), self.min_foreground
                 )
@@ -190,8 +203,12 @@ class CropDataset(IterableDataset):
             try:
                 pos = self._usable(i)
             except (FileNotFoundError, KeyError, ValueError, IndexError) as err:
+                if isinstance(err, BadData) and not decide(err, self.on_bad_data, self.nan_policy):
+                    raise
                 self.counters["missing_or_bad_fields"] += 1
                 log.warning("skipping field %s: %s", self.images[i].source, err)
+                if isinstance(err, BadData):
+                    self._bad(err, "foreground mask")
                 self._positions[i] = np.zeros((0, 2), dtype=np.int64)
                 pos = self._positions[i]
             if pos is None or len(pos):
@@ -223,8 +240,14 @@ class CropDataset(IterableDataset):
         ok = []
         for (y, x), item in zip(windows, items):
             missing = self._safe(im, lambda y=y, x=x: im.missing_chunks(y, x, c, c))
+            if missing and self.on_bad_data == "fail":
+                raise BadData("absent_chunks", im.source, str(im.array().path), missing, "missing chunks in a crop "
+                              f"y={y} x={x} (--on-bad-data fail)")  # fmt: skip
             if missing is None or missing:
                 self.counters["missing_chunks"] += 1
+                if missing:
+                    self._bad(BadData("absent_chunks", im.source, str(im.array().path), missing,
+                                      f"crop y={y} x={x} needs missing chunks"), "crop")  # fmt: skip
                 log.warning(
                     "skipping crop %s y=%d x=%d: missing chunks %s", im.source, y, x, (missing or [])[:4]
                 )
@@ -238,26 +261,41 @@ class CropDataset(IterableDataset):
             block = self._safe(im, lambda: im.read(y0, x0, y1 - y0, x1 - x0))
             if block is not None:
                 for y, x, item in ok:
-                    yield (
-                        self._to_tensor(block[:, y - y0 : y - y0 + c, x - x0 : x - x0 + c]),
-                        self._meta(im, y, x, item),
-                    )
+                    crop = self._finite(im, block[:, y - y0 : y - y0 + c, x - x0 : x - x0 + c], y, x)
+                    if crop is not None:
+                        yield self._to_tensor(crop), self._meta(im, y, x, item)
                 return
         for y, x, item in ok:
-            data = self._safe(im, lambda y=y, x=x: im.read(y, x, c, c))
+            data = self._safe(im, lambda y=y, x=x: self._finite(im, im.read(y, x, c, c), y, x, raw=True))
             if data is not None:
                 yield self._to_tensor(data), self._meta(im, y, x, item)
 
     def _safe(self, im: Image, fn: Any) -> Any:
-        """Run a read; a corrupt chunk is counted and logged instead of ending the run."""
+        """Run a read; damaged data is counted, logged and recorded (policy skip) or raised (fail)."""
         try:
             return fn()
         except (IndexError, MemoryError):
             raise
         except Exception as err:  # codec / store errors of any kind: one bad chunk must not kill training
-            self.counters["bad_chunks"] += 1
+            if not decide(err, self.on_bad_data, self.nan_policy):
+                raise
+            self.counters["non_finite" if getattr(err, "kind", "") == "non_finite" else "bad_chunks"] += 1
             log.warning("skipping unreadable data in %s: %s: %s", im.source, type(err).__name__, err)
+            self._bad(
+                err if isinstance(err, BadData) else BadData("read_error", im.source, "", [], str(err)),
+                "crop",
+            )
             return None
+
+    def _finite(self, im: Image, data: np.ndarray, y: int, x: int, raw: bool = False) -> np.ndarray | None:
+        """The crop with the NaN policy applied (None: skipped); `raw`: let `_safe` handle the error."""
+        where = f"the crop at y={y} x={x}"
+        if raw:
+            return check_finite(data, im.source, self.nan_policy, where)
+        return self._safe(im, lambda: check_finite(data, im.source, self.nan_policy, where))
+
+    def _bad(self, err: BadData, what: str) -> None:
+        append_record(self.bad_data_log, {**err.record(), "item": what, "epoch": self.epoch})
 
     def _cell_crop(self, k: int, j: int) -> Iterator[Sample]:
         i, cell_id, cy, cx = self.cells[k]
@@ -268,7 +306,7 @@ class CropDataset(IterableDataset):
         if self._safe(im, lambda: im.missing_chunks(y, x, ch, cw)):
             self.counters["missing_chunks"] += 1
             return
-        data = self._safe(im, lambda: im.read(y, x, ch, cw))
+        data = self._safe(im, lambda: self._finite(im, im.read(y, x, ch, cw), y, x, raw=True))
         if data is None:
             return
         if py or px:

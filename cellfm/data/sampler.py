@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 
+from cellfm.data.checked_read import check_finite
 from cellfm.data.stores import Image
 
 
@@ -36,7 +37,7 @@ def mask_level(image: Image, max_size: int = 512) -> int:
 
 
 def foreground_mask(
-    image: Image, threshold: str | float = "otsu", max_size: int = 512
+    image: Image, threshold: str | float = "otsu", max_size: int = 512, nan_policy: str = "error"
 ) -> tuple[np.ndarray, float]:
     """Boolean mask at a cheap level and its scale to the image's chosen level.
 
@@ -44,7 +45,9 @@ def foreground_mask(
     thresholded by Otsu (``"otsu"``) or by a fixed fraction in [0, 1].
     """
     level = mask_level(image, max_size)
-    plane = image.read_full(level).astype(np.float32)
+    plane = check_finite(
+        image.read_full(level).astype(np.float32), image.source, nan_policy, f"level {level}"
+    )
     lo = np.percentile(plane, 1.0, axis=(1, 2), keepdims=True)
     hi = np.percentile(plane, 99.9, axis=(1, 2), keepdims=True)
     signal = ((plane - lo) / np.maximum(hi - lo, 1e-6)).clip(0, 1).max(axis=0)

@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 
 from cellfm.data import ngff
+from cellfm.data.checked_read import read_region
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 # Dtype kinds a crop can become float32 from: bool, signed and unsigned int, float.
@@ -281,7 +282,7 @@ class Image:
         _, height, width = self.level_shape(level)
         if y < 0 or x < 0 or y + h > height or x + w > width:
             raise IndexError(f"{self.source}: window y={y} x={x} h={h} w={w} outside image {height}x{width}")
-        data = np.asarray(arr[self._index(y, x, h, w, arr)])
+        data = read_region(self, arr, self._index(y, x, h, w, arr))  # damaged chunks raise BadData
         kept = [a for a in self.axes if a in ("c", "y", "x")]
         data = np.transpose(data, [kept.index(a) for a in ("c", "y", "x") if a in kept])
         if "c" not in kept:

@@ -195,7 +195,7 @@ def channel_plan(
         if unknown or len(names) != len(found):
             raise ValueError(
                 f"channel names {names} are matched to the channels found in the file names {found} by name, "
-                f"and {unknown or 'some channels'} {'are' if unknown else 'are not named'}; to label them, "
+                f"and {unknown or 'some channels'} {'are not among them' if unknown else 'are not named'}; to label them, "
                 f"map tokens to labels (e.g. {found[0]}=DAPI) or give the channel order (--channel-order "
                 f"{','.join(found)}) with the labels in that order"
             )

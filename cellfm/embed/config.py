@@ -36,6 +36,8 @@ class EmbedConfig:
     int8: bool = False  # CPU only: int8 matmuls in the transformer blocks (cellfm.models.int8)
     prefetch: int = 2
     normalization: dict | None = None
+    on_bad_data: str = "skip"  # damaged chunks: skip the field (uns["cellfm"]["skipped"]) | fail
+    nan_policy: str = "error"  # NaN/Inf pixels: error | zero | skip (the field)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -59,6 +61,9 @@ class EmbedConfig:
             )
         if self.int8 and not str(self.device).startswith("cpu"):
             raise ValueError(f"int8 runs on the CPU; on device {self.device!r} use amp (mixed precision)")
+        from cellfm.data.checked_read import check_policy
+
+        check_policy(self.on_bad_data, self.nan_policy)
         if self.channels is not None and len(set(self.channels)) != len(self.channels):
             raise ValueError(f"duplicate channel names in channels={self.channels}")
 

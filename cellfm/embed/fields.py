@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cellfm.data.checked_read import BadData, check_finite, decide
 from cellfm.data.stores import Image
 
 from .config import EmbedConfig
@@ -32,11 +33,12 @@ class FieldResult:
     columns: dict[str, np.ndarray]
     patch_map: np.ndarray | None = None
     shape: tuple[int, int] = (0, 0)
+    skipped: dict | None = None  # why the field gave no rows (damaged data), see embed.bad_fields
 
 
-def read_field(image: Image) -> torch.Tensor:
+def read_field(image: Image, nan_policy: str = "error") -> torch.Tensor:
     """The whole (C, H, W) field as a tensor (integers kept as integers for exact percentiles)."""
-    arr = image.read_full()
+    arr = check_finite(image.read_full(), image.source, nan_policy, f"level {image.level}")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
     elif arr.dtype.kind in "ui":
@@ -75,7 +77,7 @@ class FieldTask:
 
     def prepare(self, input_norm, patch: int, num_features: int) -> FieldTask:
         tile, overlap, crop = self.cfg.grid(patch)
-        x = read_field(self.image)
+        x = read_field(self.image, self.cfg.nan_policy)
         self.hw = tuple(x.shape[-2:])
         x = input_norm(x[None])[0]
         self.padded = pad_to_patch(x, patch)
@@ -184,7 +186,14 @@ def embed_fields(
         index, image, labels = job
         # copies open their own handles, dropped with the task: memory stays flat over many fields
         image, labels = copy.copy(image), copy.copy(labels)
-        return FieldTask(index, image, labels, cfg, want_patches).prepare(input_norm, patch, nf)
+        try:
+            return FieldTask(index, image, labels, cfg, want_patches).prepare(input_norm, patch, nf)
+        except BadData as err:  # damaged / non-finite data: skip the field (recorded) or stop
+            if not decide(err, cfg.on_bad_data, cfg.nan_policy):
+                raise
+            from .bad_fields import SkippedField
+
+            return SkippedField(index, err, cfg.level)
 
     in_flight: deque[FieldTask] = deque()
     batch: list[tuple[FieldTask, tuple]] = []

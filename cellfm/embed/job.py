@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from cellfm.atomic import check_free_space, write_failed
 from cellfm.data.plates import list_fields
 from cellfm.data.stores import Image
 
+from .bad_fields import skipped_table
 from .config import EmbedConfig
 from .encoder import Encoder, default_normalization, load_model, model_metadata, resolve_channels
 from .fields import embed_fields
@@ -120,7 +122,7 @@ def run_fields(spec: JobSpec, indices: list[int], on_field: Any = None) -> int:
     for result in embed_fields(
         jobs, encoder, spec.cfg, input_norm, want_patches=spec.patch_store is not None
     ):
-        if spec.patch_store is not None:
+        if spec.patch_store is not None and result.skipped is None:
             info = spec.plan[result.index]
             write_patch_map(spec.patch_store, result.index, result.patch_map,
                             {"plate": info.plate, "well": info.well, "field": info.field, "source": info.source},
@@ -178,6 +180,20 @@ def embed(
 
 
 def run_embed(
+    stores: str | os.PathLike | list,
+    model: str | os.PathLike | nn.Module | None,
+    output: str | os.PathLike,
+    **kwargs: Any,
+) -> Path:
+    """`embed` without reading the result back; returns the output path. One job per output at a time
+    (`OUT.lock`); see `_run_embed` for the options."""
+    from cellfm.locking import exclusive
+
+    with exclusive(output, "cellfm embed"):
+        return _run_embed(stores, model, output, **kwargs)
+
+
+def _run_embed(
     stores: str | os.PathLike | list,
     model: str | os.PathLike | nn.Module | None,
     output: str | os.PathLike,
@@ -244,7 +260,13 @@ def run_embed(
     uns = {"cellfm": provenance(meta, cfg, encoder, channels, norm, stores, signature["model"],
                                 empty_wells(stores, plan, counts), patch_features)}  # fmt: skip
     uns["cellfm"]["worker_processes"] = len({pid for _, pid in parts})  # over all runs of a resumed job
-    path = write_anndata(rows, plan, var, uns, output, wells_meta)
+    uns["cellfm"]["skipped"] = skipped_table([rows.skipped(i) for i in range(len(plan))])
+    # X (float32) plus obs: refuse up front rather than fail (or crash in HDF5) on a full disk
+    check_free_space(output, sum(counts) * (len(names) * 4 + 256) + (1 << 20))
+    try:
+        path = write_anndata(rows, plan, var, uns, output, wells_meta)
+    except OSError as err:
+        raise write_failed(output, err) from err
     rows.remove()
     return path
 

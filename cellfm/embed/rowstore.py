@@ -8,6 +8,7 @@ record: a job killed at any point resumes with every finished field kept once an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from cellfm.atomic import atomic_write, atomic_write_text
 from .fields import FieldResult
 
 SIGNATURE_FILE = "job.json"
+log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
@@ -54,6 +56,13 @@ class RowStore:
             atomic_write_text(sig_file, json.dumps(sig, indent=1))
         for stale in self.rows.glob(".*.tmp"):  # left by a killed writer
             stale.unlink(missing_ok=True)
+        for part in self.rows.glob("[0-9]*.npz"):  # a damaged part is redone, not a blocker
+            try:
+                with np.load(part) as z:
+                    z["X"].shape  # noqa: B018 - reading the member checks the archive
+            except Exception as err:  # noqa: BLE001 - any unreadable part
+                log.warning("%s: damaged part file (%s); the field will be embedded again", part, err)
+                part.unlink()
         return len(self.done())
 
     def part(self, index: int) -> Path:
@@ -67,6 +76,8 @@ class RowStore:
         """Store a field's rows atomically (temp file + rename)."""
         arrays = {"X": result.X, "shape": np.asarray(result.shape), "pid": np.asarray(os.getpid())}
         arrays.update({f"col_{k}": np.asarray(v) for k, v in result.columns.items()})
+        if result.skipped:
+            arrays["skipped"] = np.asarray(json.dumps(result.skipped))
         atomic_write(self.part(result.index), lambda tmp: _savez(tmp, arrays), fsync=True)
 
     def columns(self, index: int) -> dict[str, np.ndarray]:
@@ -82,6 +93,11 @@ class RowStore:
         """(rows, id of the process that wrote them; -1 when not recorded) of a field, in one read."""
         with np.load(self.part(index)) as z:
             return int(z["X"].shape[0]), int(z["pid"]) if "pid" in z.files else -1
+
+    def skipped(self, index: int) -> dict | None:
+        """Why a field gave no rows (damaged data), or None."""
+        with np.load(self.part(index)) as z:
+            return json.loads(str(z["skipped"])) if "skipped" in z.files else None
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

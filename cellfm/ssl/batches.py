@@ -20,6 +20,7 @@ from cellfm.data import CropDataset
 from cellfm.transforms import MaskCollator, MultiCrop
 
 from .config import SSLConfig
+from .empty_data import MAX_EMPTY_EPOCHS, check_field_sizes, no_usable_crops
 
 SKIPPED = "skipped_for_resume"
 
@@ -89,6 +90,8 @@ class BatchStream:
             threshold=d.threshold,
             min_foreground=d.min_foreground,
             channels=d.channels,
+            on_bad_data=d.on_bad_data,
+            nan_policy=d.nan_policy,
             seed=cfg.train.seed,
             rank=rank,
             world_size=world_size,
@@ -98,6 +101,7 @@ class BatchStream:
         self.stream = MultiCropStream(
             self.crops, self.multicrop, cfg.train.seed, cfg.train.batch_size_per_device
         )
+        check_field_sizes(self.crops.images, d.field_crop_size)
         self.collate = SeededCollate(MaskCollator.from_config(a), cfg.train.seed)
         self.batch_size = cfg.train.batch_size_per_device
         self.num_workers = d.num_workers
@@ -110,6 +114,7 @@ class BatchStream:
 
     def from_step(self, step: int) -> Iterator[dict]:
         epoch, skip = divmod(step, self.steps_per_epoch)
+        empty = 0  # consecutive epochs that gave no batch: no crop is usable, stop instead of spinning
         while True:
             self.stream.set_epoch(epoch)
             self.stream.skip_batches = skip
@@ -121,7 +126,9 @@ class BatchStream:
                 drop_last=True,
                 persistent_workers=False,
             )
+            got = 0
             for i, batch in enumerate(loader):
+                got += 1
                 if i >= self.steps_per_epoch:
                     break
                 if i >= skip:
@@ -130,4 +137,7 @@ class BatchStream:
                             f"batch {i} of epoch {epoch} was skipped but is needed (skip {skip})"
                         )
                     yield batch
+            empty = empty + 1 if got == 0 else 0
+            if empty >= MAX_EMPTY_EPOCHS:
+                raise no_usable_crops(self.crops, empty)
             epoch, skip = epoch + 1, 0

@@ -13,6 +13,7 @@ from cellfm.transforms import AugmentConfig
 
 from ..config import apply_overrides, from_dict, merge, read_yaml_config
 from ..models.config import ModelConfig
+from .config_ranges import check_ranges
 
 OFFICIAL_EPOCH_LENGTH = 1250
 
@@ -31,6 +32,8 @@ class DataConfig:
     min_foreground: float = 0.1
     channels: list[str] | None = None
     num_workers: int = 0
+    on_bad_data: str = "skip"  # skip (count, record in bad_data.jsonl, summarise) | fail
+    nan_policy: str = "error"  # NaN/Inf pixels: error | zero | skip
 
 
 @dataclass
@@ -136,6 +139,7 @@ class SSLConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> SSLConfig:
+        check_ranges(self)
         p = self.model.patch_size
         crops = self.augment.crops
         for name, size in (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import resource
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .metrics_log import append_row, read_rows, truncate_after
 
 log = logging.getLogger("cellfm.pretrain")
 
@@ -36,20 +37,16 @@ class Monitor:
                 self.tb = None
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines of steps >= `step` (written after the checkpoint a resumed run starts from)."""
-        if not self.enabled or not self.path.is_file():
-            return
-        keep = [
-            line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] < step
-        ]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        """Drop lines of steps >= `step` (written after the checkpoint a resumed run starts from) and a
+        torn last line (a crash or a full disk mid-write)."""
+        if self.enabled:
+            truncate_after(self.path, step)
 
     def log(self, row: dict[str, Any]) -> None:
         self._check_collapse(row)
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(self.path, row)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float):
@@ -93,7 +90,7 @@ def plot_loss_curve(metrics_path: Path, out_png: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    rows = read_rows(metrics_path, warn=False)
     if not rows:
         return None
     steps = [r["step"] for r in rows]

@@ -20,23 +20,26 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm import tqdm
 
 from ..config import from_dict
+from ..data.checked_read import summarize
 from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed, wrap_for_training
+from ..locking import exclusive
 from ..models.config import backbone_from_config
 from .batches import BatchStream
 from .checkpointing import (
     export_backbone,
     full_state_dict,
     load_training_state,
-    save_config,
     save_training_state,
 )
 from .config import SSLConfig
 from .meta_arch import SSLMetaArch, _heads, trainable_backbone
 from .monitor import Monitor, peak_memory_mb, plot_loss_curve
 from .param_groups import param_groups
+from .run_identity import check_run, record_run
 from .schedules import Schedules, cosine_schedule, linear_then_constant, scaled_lr
 
 log = logging.getLogger("cellfm.pretrain")
+BAD_DATA_LOG = "bad_data.jsonl"
 
 
 def build_schedules(cfg: SSLConfig, world_size: int) -> Schedules:
@@ -84,6 +87,7 @@ class Trainer:
         self.info = info or init_distributed()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.data = BatchStream(cfg, sources, self.info.rank, self.info.world_size)
+        self.data.crops.bad_data_log = str(self.out / BAD_DATA_LOG)  # skipped items, all processes
         backbone = backbone_from_config(cfg.model)
         teacher = (
             load_frozen_teacher(cfg.distillation.teacher_checkpoint, cfg)
@@ -253,12 +257,18 @@ class Trainer:
 
     def train(self, steps: int | None = None, time_limit_s: float | None = None) -> dict[str, float]:
         """Run until `steps` total steps (default: the whole schedule) or `time_limit_s` seconds of
-        training, whichever comes first; checkpoints at the end. Resumable."""
+        training, whichever comes first; checkpoints at the end. Resumable; one writer per run folder."""
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be a positive number of total steps, got {steps}")
+        with exclusive(self.out, "cellfm pretrain", enabled=self.info.is_main):
+            return self._train(steps, time_limit_s)
+
+    def _train(self, steps: int | None, time_limit_s: float | None) -> dict[str, float]:
         cfg = self.cfg
+        changes = check_run(self.out, asdict(cfg), getattr(self, "resume_with_changes", None))
+        resumed = self.resume()
         if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.out, asdict(cfg))
-        self.resume()
+            record_run(self.out, asdict(cfg), resumed, changes)
         end = min(steps or cfg.total_iters, cfg.total_iters)
         self.meta.train()
         self.meta.teacher.eval()
@@ -288,6 +298,9 @@ class Trainer:
             elif cfg.train.export_every and self.step % cfg.train.export_every == 0:
                 self.export()
         bar.close()
+        summary = summarize(self.out / BAD_DATA_LOG) if self.info.is_main else None
+        if summary:
+            log.warning("%s", summary)
         if self.info.is_main and self.monitor.path.is_file():
             plot_loss_curve(self.monitor.path, self.out / "loss_curve.png")
         self.monitor.close()
@@ -300,9 +313,13 @@ def pretrain(
     out_dir: str | Path,
     steps: int | None = None,
     time_limit_s: float | None = None,
+    resume_with_changes: list[str] | None = None,
 ) -> dict[str, float]:
-    """Train (or resume) into `out_dir`; returns the last step's metrics."""
-    return Trainer(cfg, sources, out_dir).train(steps, time_limit_s)
+    """Train (or resume) into `out_dir`; returns the last step's metrics. A rerun with another config
+    is refused unless `resume_with_changes` lists the changed keys."""
+    trainer = Trainer(cfg, sources, out_dir)
+    trainer.resume_with_changes = list(resume_with_changes or [])
+    return trainer.train(steps, time_limit_s)
 
 
 __all__ = ["Trainer", "build_schedules", "load_frozen_teacher", "pretrain"]
