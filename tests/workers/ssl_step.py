@@ -57,11 +57,24 @@ def main(batches_file: str, out_file: str, mode: str, phase: str = "all") -> Non
     logs = [trainer.train_step(shard(b, info.rank, info.world_size)) for b in todo]
     if phase == "first":
         trainer.save()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     from cellfm.ssl.checkpointing import full_state_dict
 
-    state = full_state_dict(trainer.meta.teacher)
+    teacher = full_state_dict(trainer.meta.teacher)
+    student = full_state_dict(trainer.meta.student)
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    optim = get_optimizer_state_dict(trainer.meta.student, trainer.optimizer, options=full)["state"]
+    optim = {
+        f"{name}.{k}": v.full_tensor() if hasattr(v, "full_tensor") else v
+        for name, s in optim.items()
+        for k, v in s.items()
+        if torch.is_tensor(v) and v.ndim > 0
+    }
     if info.rank == 0:
-        torch.save({"teacher": state, "loss": [r["loss"] for r in logs]}, out_file)
+        out = {"teacher": teacher, "student": student, "optim": optim, "loss": [r["loss"] for r in logs]}
+        out["lr"] = [r["lr"] for r in logs]
+        torch.save(out, out_file)
     barrier()
     sys.stdout.flush()
     os._exit(0)
