@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellfm.demo import f1, scribble_strokes
+from cellfm.demo import f1
+from cellfm.segment.strokes import user_strokes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -89,11 +90,11 @@ def latency_cases(tiny: bool, size: int) -> list[dict]:
     for kind in ("logistic", "random_forest"):
         seg = ScribbleSegmenter(model, classifier=kind, cache=cache)
         t0 = time.perf_counter()
-        seg.fit(image, scribble_strokes(fg, 10, seed=0))
+        seg.fit(image, user_strokes(fg, 12, 12, seed=0))
         first = time.perf_counter() - t0
         seg.predict(image)
         t0 = time.perf_counter()
-        seg.fit(image, scribble_strokes(fg, 12, seed=1))  # a new scribble round: classifier only
+        seg.fit(image, user_strokes(fg, 14, 14, seed=1))  # a new stroke round: classifier only
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels = seg.predict(image)
@@ -132,7 +133,7 @@ def real_f1_cases(tiny: bool) -> list[dict]:
     for name, img, fg in data:
         if tiny:
             img, fg = img[:128, :128], fg[:128, :128]
-        scrib = scribble_strokes(fg, 8 if tiny else 10, seed=0)
+        scrib = user_strokes(fg, seed=0)  # 8 short lines in nuclei, 8 background discs
         for kind in ("logistic", "random_forest"):
             for filters in (True, False):
                 seg = ScribbleSegmenter(model, classifier=kind, filters=filters, cache=cache).fit(img, scrib)

@@ -115,8 +115,9 @@ def test_fit_predict_2d_and_cache_reuse():
 
 def test_linear_scores_equal_classifier_on_dense_features():
     img, mask = blobs()
-    seg = ScribbleSegmenter(tiny()).fit(img, scribbles_from(mask))
-    feats = seg.extractor.features(img[None], seg.norm)
+    seg = ScribbleSegmenter(tiny(), classifier="logistic", select=False).fit(img, scribbles_from(mask))
+    assert seg.projection is not None  # the patch grid is projected first, and projection is linear too
+    feats = seg._view(seg.extractor.features(img[None], seg.norm))
     dense = feats.dense_rows(0, 64).reshape(feats.num_features, -1).T
     ref = seg.classifier.predict_proba(dense).T.reshape(2, 64, 64)
     np.testing.assert_allclose(seg.predict_proba(img), ref, atol=1e-4)
@@ -153,7 +154,7 @@ def test_multichannel_channel_last(backbone):
     seg.fit(chw, scribbles_from(mask))
     feats = seg.extractor.features(chw, seg.norm)
     assert feats.num_patch_features == (96 if backbone == "per_channel" else 32)
-    assert feats.num_filter_features == 30
+    assert feats.num_filter_features == 39  # 3 channels x (intensity + 3 filters x 4 sigmas)
     labels = seg.predict(chw)
     assert labels.shape == (64, 64)
     assert 2 * ((labels == 2) & mask).sum() / ((labels == 2).sum() + mask.sum()) > 0.9
@@ -196,6 +197,40 @@ def test_input_errors_name_shapes():
         seg.predict(img)
     with pytest.raises(ValueError, match="unknown classifier"):
         ScribbleSegmenter(tiny(), classifier="svm")
+    scrib = scribbles_from(mask)
+    nan = img.astype(np.float32)
+    nan[3, 4] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite pixels"):
+        seg.fit(nan, scrib)
+    fitted = ScribbleSegmenter(tiny()).fit(img, scrib)
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict(nan)
+    with pytest.raises(ValueError, match="at least two classes"):  # strokes of one class only
+        seg.fit(img, np.where(scrib == 2, 2, 0).astype(np.uint8))
+
+
+def test_one_pixel_wide_image_segments():
+    img = np.zeros((40, 1), np.float32)
+    img[20:] = 1.0
+    scrib = np.zeros((40, 1), np.uint8)
+    scrib[:5], scrib[-5:] = 1, 2
+    seg = ScribbleSegmenter(tiny()).fit(img, scrib)
+    labels = seg.predict(img)
+    assert labels.shape == (40, 1) and labels[0, 0] == 1 and labels[-1, 0] == 2
+
+
+def test_stroke_selection_and_projection_roundtrip(tmp_path):
+    img, mask = blobs(seed=2)
+    seg = ScribbleSegmenter(tiny()).fit(img, scribbles_from(mask, step=9))
+    assert seg.classifier_kind == "random_forest" and seg.projection.components.shape == (16, 32)
+    assert set(seg.selection_scores) == {"filters", "filters + backbone"}
+    assert seg.feature_set in seg.selection_scores
+    labels, proba = seg.predict(img, return_proba=True)
+    np.testing.assert_array_equal(labels, seg.predict(img))
+    np.testing.assert_allclose(proba, seg.predict_proba(img), atol=1e-6)
+    loaded = ScribbleSegmenter.load(seg.save(tmp_path / "s"), tiny())
+    assert loaded.feature_set == seg.feature_set and loaded.classifier._model is None  # numpy tree walk
+    np.testing.assert_allclose(loaded.predict_proba(img), proba, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["logistic", "random_forest"])

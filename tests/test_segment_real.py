@@ -6,11 +6,12 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from cellfm.demo import f1, scribble_strokes
 from cellfm.models import VisionTransformer, ViTArch
 from cellfm.segment import FeatureCache, ScribbleSegmenter, cluster_patches, pca_rgb, similarity_map
+from cellfm.segment.baselines import filter_forest
+from cellfm.segment.strokes import foreground_f1, user_strokes
 
-F1_THRESHOLD = 0.75  # tiny random-init backbone + filters; a simple Otsu threshold scores ~0.84 here
+F1_THRESHOLD = 0.7  # tiny random-init backbone + filters, 8 short strokes in nuclei + 8 background discs
 
 
 def tiny() -> VisionTransformer:
@@ -22,18 +23,21 @@ def real_nuclei() -> tuple[np.ndarray, np.ndarray]:
     from stardist.data import test_image_nuclei_2d
 
     img, mask = test_image_nuclei_2d(return_mask=True)
-    return img[:256, :256], mask[:256, :256] > 0
+    return img[:256, :256], mask[:256, :256]
 
 
 def test_real_nuclei_scribbles_to_labels(tmp_path):
-    img, fg = real_nuclei()
-    scrib = scribble_strokes(fg, 8)
-    assert (scrib > 0).mean() < 0.05  # a few strokes, not the answer
+    img, lab = real_nuclei()
+    fg = lab > 0
+    scrib = user_strokes(lab, seed=1)
+    assert (scrib > 0).sum() < 400  # a few strokes, not the answer
     cache = FeatureCache(directory=tmp_path / "cache")
     seg = ScribbleSegmenter(tiny(), cache=cache).fit(img, scrib)
     labels = seg.predict(img, min_size=10)
-    score = f1(labels == 2, fg)
+    score = foreground_f1(labels == 2, fg)
     assert score > F1_THRESHOLD, score
+    # never clearly worse than the ilastik-style filter forest from the same strokes
+    assert score >= foreground_f1(filter_forest(img, scrib) == 2, fg) - 0.03
     inst = seg.predict_instances(img, min_distance=4, min_size=10)
     n_true = ndi.label(fg)[1]
     assert 0.5 * n_true < inst.max() < 2 * n_true
@@ -44,7 +48,8 @@ def test_real_nuclei_scribbles_to_labels(tmp_path):
 
 
 def test_explore_on_real_nuclei():
-    img, fg = real_nuclei()
+    img, lab = real_nuclei()
+    fg = lab > 0
     model = tiny()
     ys, xs = np.nonzero(ndi.binary_erosion(fg, iterations=3))
     sim = similarity_map(model, img, [(ys[0], xs[0]), (ys[-1], xs[-1])])

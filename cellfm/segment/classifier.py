@@ -1,10 +1,10 @@
-"""Pixel classifiers over (N, F) features: logistic regression (default) and random forest.
+"""Pixel classifiers over (N, F) features: random forest (default) and logistic regression.
 
 Both keep their fitted state as plain arrays, so a saved segmenter is an ``.npz`` loaded with
-``allow_pickle=False`` (no unpickling). Logistic regression is the default, by measurement
-(``benchmarks/segment.py``, random-init ViT-S/14 on CPU): F1 0.92 vs the forest's 0.93 on nuclei.tif
-and 0.73 vs 0.77 on stardist's 2D nuclei, but 0.6 s vs 6.3 s scribble-to-prediction on 1024^2,
-because a linear model scores the patch grid before upsampling (``ImageFeatures.linear_scores``).
+``allow_pickle=False`` (no unpickling). The forest is the default, by measurement with sparse strokes
+(``benchmarks/segment_strokes.py``): logistic regression, chosen earlier on thousands of random dots,
+falls behind an ilastik-style filter forest when a user paints a few hundred pixels. The forest just
+fitted predicts with scikit-learn's compiled trees; a loaded one walks its exported node arrays.
 """
 
 from __future__ import annotations
@@ -72,9 +72,10 @@ class ForestClassifier:
     kind = "random_forest"
     linear = False
 
-    def __init__(self, n_estimators: int = 50, max_depth: int | None = 12, seed: int = 0):
+    def __init__(self, n_estimators: int = 100, max_depth: int | None = None, seed: int = 0):
         self.n_estimators, self.max_depth, self.seed = n_estimators, max_depth, seed
         self.nodes: dict[str, np.ndarray] = {}
+        self._model = None  # the fitted scikit-learn forest (fast prediction), absent after loading
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> ForestClassifier:
         from sklearn.ensemble import RandomForestClassifier
@@ -107,10 +108,15 @@ class ForestClassifier:
             "value": np.concatenate(val).astype(np.float32),
             "roots": np.asarray(root, np.int64),
         }
+        self._model = model
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """(N, K) mean of the trees' leaf class frequencies."""
+        if self._model is not None:
+            proba = np.zeros((len(X), self.nodes["value"].shape[1]), np.float32)
+            proba[:, self._model.classes_.astype(int)] = self._model.predict_proba(X)
+            return proba
         n = self.nodes
         proba = np.zeros((len(X), n["value"].shape[1]), np.float32)
         rows = np.arange(len(X))

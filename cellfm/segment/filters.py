@@ -18,7 +18,7 @@ TRUNCATE = 4.0
 class FilterBank:
     """Per channel: the intensity, then Gaussian / gradient magnitude / LoG at each sigma."""
 
-    sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # ilastik's default range
 
     def num_features(self, num_channels: int) -> int:
         return num_channels * (1 + 3 * len(self.sigmas))

