@@ -34,6 +34,42 @@ def _unwrap(samples: Sequence | dict) -> Sequence | dict:
     return [s[0] if isinstance(s, tuple | list) else s for s in samples]
 
 
+def sample_ibot_masks(
+    n_crops: int,
+    mask_generator: MaskingGenerator,
+    mask_ratio: tuple[float, float] = (0.1, 0.5),
+    mask_probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """The iBOT masks of `n_crops` global crops (they depend on no pixel): ``collated_masks``,
+    ``mask_indices_list``, ``masks_weight``, ``n_masked_patches`` and ``upperbound``, as
+    `collate_multicrop` returns them."""
+    n_tokens = mask_generator.num_patches
+    grid = (mask_generator.height, mask_generator.width)
+    n_masked_crops = int(n_crops * mask_probability)
+    bounds = torch.linspace(mask_ratio[0], mask_ratio[1], n_masked_crops + 1).tolist()
+    u = rand((max(n_masked_crops, 1),), generator, torch.device("cpu")).tolist()
+    masks, upperbound = [], 0
+    for i in range(n_masked_crops):
+        ratio = bounds[i] + (bounds[i + 1] - bounds[i]) * u[i]
+        masks.append(mask_generator(int(n_tokens * ratio), generator))
+        upperbound += int(n_tokens * bounds[i + 1])
+    masks += [torch.zeros(grid, dtype=torch.bool)] * (n_crops - n_masked_crops)
+    gdev = generator.device if generator is not None else "cpu"
+    order = torch.randperm(n_crops, generator=generator, device=gdev).cpu()
+    collated_masks = torch.stack(masks)[order].flatten(1)
+    mask_indices_list = collated_masks.flatten().nonzero().flatten()
+    per_image = collated_masks.sum(-1, keepdim=True).clamp(min=1).to(torch.float32)
+    masks_weight = (1.0 / per_image).expand_as(collated_masks)[collated_masks]
+    return {
+        "collated_masks": collated_masks,
+        "mask_indices_list": mask_indices_list,
+        "masks_weight": masks_weight,
+        "n_masked_patches": torch.tensor([mask_indices_list.numel()], dtype=torch.long),
+        "upperbound": upperbound,
+    }
+
+
 def collate_multicrop(
     samples: Sequence | dict,
     mask_generator: MaskingGenerator,
@@ -64,32 +100,10 @@ def collate_multicrop(
     local = _crops(samples, "local_crops")
     if local is None:
         local = glob.new_zeros((0, *glob.shape[1:2], 0, 0))
-    n_crops = glob.shape[0]
-    n_tokens = mask_generator.num_patches
-    grid = (mask_generator.height, mask_generator.width)
-    n_masked_crops = int(n_crops * mask_probability)
-    bounds = torch.linspace(mask_ratio[0], mask_ratio[1], n_masked_crops + 1).tolist()
-    u = rand((max(n_masked_crops, 1),), generator, torch.device("cpu")).tolist()
-    masks, upperbound = [], 0
-    for i in range(n_masked_crops):
-        ratio = bounds[i] + (bounds[i + 1] - bounds[i]) * u[i]
-        masks.append(mask_generator(int(n_tokens * ratio), generator))
-        upperbound += int(n_tokens * bounds[i + 1])
-    masks += [torch.zeros(grid, dtype=torch.bool)] * (n_crops - n_masked_crops)
-    gdev = generator.device if generator is not None else "cpu"
-    order = torch.randperm(n_crops, generator=generator, device=gdev).cpu()
-    collated_masks = torch.stack(masks)[order].flatten(1)
-    mask_indices_list = collated_masks.flatten().nonzero().flatten()
-    per_image = collated_masks.sum(-1, keepdim=True).clamp(min=1).to(torch.float32)
-    masks_weight = (1.0 / per_image).expand_as(collated_masks)[collated_masks]
     out = {
         "collated_global_crops": glob.to(dtype),
         "collated_local_crops": local.to(dtype),
-        "collated_masks": collated_masks,
-        "mask_indices_list": mask_indices_list,
-        "masks_weight": masks_weight,
-        "n_masked_patches": torch.tensor([mask_indices_list.numel()], dtype=torch.long),
-        "upperbound": upperbound,
+        **sample_ibot_masks(glob.shape[0], mask_generator, mask_ratio, mask_probability, generator),
     }
     if isinstance(samples, dict):
         if "channel_index" in samples:
@@ -150,6 +164,12 @@ class MaskCollator:
             m.strict_blocks,
             dtype,
             seed,
+        )
+
+    def masks(self, n_crops: int) -> dict:
+        """iBOT masks alone for `n_crops` global crops (the device-side path cuts the crops later)."""
+        return sample_ibot_masks(
+            n_crops, self.mask_generator, self.mask_ratio, self.mask_probability, self.generator
         )
 
     def __call__(self, samples: Sequence | dict) -> dict:

@@ -1,0 +1,327 @@
+"""Multi-crop of a whole batch on the training device: the same recipe as `MultiCrop`, batched.
+
+`BatchedMultiCrop` takes raw (B, C, H, W) regions in their native dtype (uint16 straight from the
+stores) on any device and returns every global and local crop of the batch, crop-major, in a few
+batched ops: crop boxes drawn together, all boxes resampled by two matrix products per crop
+(`resample_boxes`), dihedral symmetries as one gather, intensity / blur / noise / channel ops as
+masked element-wise ops. Randomness comes from one `torch.Generator` on the device (reproducible
+per rank and step); no per-sample Python loop and no host round trip per op.
+
+Same semantics as `MultiCrop` (same distributions of boxes, symmetries and intensity parameters,
+same normalisation order); with the same boxes and symmetries it gives the same pixels. The RNG
+streams differ, so the two paths draw different crops from the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._utils import check_finite, dtype_max, to_float
+from .channels import check_channels
+from .config import AugmentConfig
+from .intensity import gaussian_blur
+from .multicrop import MultiCrop
+from .resample import resample_boxes
+
+
+def _rand(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
+    return torch.rand(shape, generator=g, device=dev)
+
+
+def _randn(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
+    return torch.randn(shape, generator=g, device=dev)
+
+
+def _between(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
+    return lo + (hi - lo) * u
+
+
+def draw_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None,
+    device: torch.device,
+    attempts: int = 10,
+) -> torch.Tensor:
+    """(n, 4) long boxes (top, left, h, w), each drawn as `sample_crop_box` draws one: the first of
+    `attempts` (area, aspect) draws that fits, else the largest centred box with a clamped aspect."""
+    u = _rand(generator, device, n, attempts, 4)
+    target = height * width * _between(scale[0], scale[1], u[..., 0])
+    aspect = torch.exp(_between(math.log(ratio[0]), math.log(ratio[1]), u[..., 1]))
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
+    u_top, u_left = u[..., 2].gather(1, first)[:, 0], u[..., 3].gather(1, first)[:, 0]
+    top = torch.minimum(torch.floor(u_top * (height - h + 1)), height - h)
+    left = torch.minimum(torch.floor(u_left * (width - w + 1)), width - w)
+    fh, fw = height, width  # fallback: as sample_crop_box
+    if width / height < ratio[0]:
+        fh = int(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        fw = int(round(height * ratio[1]))
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], device=device)
+    boxes = torch.stack([top, left, h, w], dim=1).long()
+    return torch.where(fits.any(dim=1, keepdim=True), boxes, fallback)
+
+
+def _symmetry_table(size: int, dihedral: bool, device: torch.device) -> torch.Tensor:
+    """(8 or 4, size*size) pixel permutations: `random_dihedral`'s ops (rot90 k times, then an
+    optional flip) or `random_flip`'s (none, horizontal, vertical, both)."""
+    grid = torch.arange(size * size, device=device).view(size, size)
+    if dihedral:
+        ops = [torch.rot90(grid, k, dims=(0, 1)) for k in range(4)]
+        ops += [op.flip(-1) for op in ops]
+    else:
+        ops = [grid, grid.flip(-1), grid.flip(-2), grid.flip(-2, -1)]
+    return torch.stack([op.reshape(-1) for op in ops])
+
+
+class BatchedMultiCrop:
+    """`MultiCrop`'s recipe for a batch on one device; see the module docstring.
+
+    ``__call__(x, generator)`` returns ``{"global_crops": (2B, C, G, G), "local_crops":
+    (N*B, C, L, L)}`` crop-major (all images' crop 0, then crop 1, ...) in `dtype`, plus
+    ``channel_index`` (B,) with Bag-of-Channels. Elastic warps are not batched and are refused.
+    """
+
+    def __init__(self, recipe: MultiCrop, dtype: torch.dtype = torch.float32):
+        if recipe.geometry.elastic_p > 0:
+            raise ValueError("the batched multi-crop has no elastic warp; set augment.device: cpu")
+        self.recipe, self.dtype = recipe, dtype
+        self._tables: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, dtype: torch.dtype = torch.float32) -> BatchedMultiCrop:
+        return cls(MultiCrop.from_config(cfg), dtype)
+
+    def __repr__(self) -> str:
+        r = self.recipe
+        return (
+            f"BatchedMultiCrop(global={r.global_crops_size}x2, local={r.local_crops_size}x"
+            f"{r.local_crops_number}, dtype={self.dtype})"
+        )
+
+    # -- checks --------------------------------------------------------------------------------------
+    def check(self, x: torch.Tensor, names: list[str] | None = None) -> None:
+        """Raise on a batch the recipe cannot crop; `names` (one per image) go into the message."""
+        if x.ndim != 4:
+            raise ValueError(f"batched multi-crop expects (B, C, H, W), got shape {tuple(x.shape)}")
+        self.recipe._check(x)
+        if x.is_floating_point():
+            bad = (~torch.isfinite(x)).flatten(1).any(dim=1)
+            if self.recipe.nan_policy == "error" and bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                where = names[i] if names else f"image {i}"
+                raise ValueError(
+                    f"{where}: region of shape {tuple(x.shape[1:])} has "
+                    f"{int((~torch.isfinite(x[i])).sum())} NaN/Inf pixels; clean the data or set "
+                    f"augment.nan_policy: replace"
+                )
+
+    # -- the pipeline --------------------------------------------------------------------------------
+    def __call__(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        names: list[str] | None = None,
+        native_dtype: torch.dtype | None = None,
+    ) -> dict:
+        """Crops of raw regions `x` (B, C, H, W) on their device. `native_dtype` is the stores' dtype
+        when `x` was widened on the way (uint16 carried as int32), for ``range`` normalisation."""
+        r = self.recipe
+        self.check(x, names)
+        x = check_finite(x, r.nan_policy, r.nan_fill)
+        b, c = x.shape[:2]
+        dev = x.device
+        cidx = None
+        if r.channels.bag_of_channels:
+            cidx = self._pick_channels(b, c, generator, dev)
+            x = x[torch.arange(b, device=dev), cidx][:, None]
+        off, sc = r.input_norm.stats(x, None if cidx is None else cidx[:, None])
+        if r.input_norm.mode == "range" and native_dtype is not None:
+            sc = torch.full_like(sc, dtype_max(native_dtype))
+        xf = r.input_norm.apply(x, off, sc)
+        blur = r.intensity.blur
+        out = {
+            "global_crops": self._crop_set(xf, 2, r.global_crops_size, r.global_crops_scale,
+                                           blur.p_global, cidx, generator),
+            "local_crops": self._crop_set(xf, r.local_crops_number, r.local_crops_size, r.local_crops_scale,
+                                          (blur.p_local,) * r.local_crops_number, cidx, generator),
+        }  # fmt: skip
+        if cidx is not None:
+            out["channel_index"] = cidx
+        return out
+
+    def _pick_channels(self, b: int, c: int, g: torch.Generator | None, dev: torch.device) -> torch.Tensor:
+        weights = self.recipe.channels.channel_weights
+        w = (
+            torch.ones(c, device=dev)
+            if weights is None
+            else torch.tensor(weights, device=dev, dtype=torch.float32)
+        )
+        if w.numel() != c:
+            raise ValueError(f"channel weights have {w.numel()} entries but the image has {c} channels")
+        cum = torch.cumsum(w, 0) / w.sum()
+        return torch.searchsorted(cum, _rand(g, dev, b)).clamp(max=c - 1)
+
+    def _crop_set(self, xf, n, size, scale, blur_p, cidx, g) -> torch.Tensor:
+        b, c, h, w = xf.shape
+        dev = xf.device
+        if n == 0:
+            return xf.new_zeros((0, c, size, size), dtype=self.dtype)
+        r = self.recipe
+        geo = r.geometry
+        boxes = draw_boxes(n * b, h, w, scale, geo.ratio, g, dev)
+        image = torch.arange(n * b, device=dev) % b
+        y = resample_boxes(xf, image, boxes, size, geo.interpolation, geo.antialias)
+        y = self.symmetries(y, self._draw_symmetries(n * b, g, dev))
+        cid = None if cidx is None else cidx.repeat(n)[:, None]
+        out_stats = self._output_stats(y, cid)
+        y = self.intensity(y, g)
+        y = self.blur(y, torch.tensor(blur_p, device=dev).repeat_interleave(b), g)
+        y = self.noise(y, g)
+        y = self.rescale(y, cid, g)
+        y = r.output_norm.apply(y, *out_stats)
+        y = self.drop(y, g)
+        return y.to(self.dtype)
+
+    def _output_stats(self, y: torch.Tensor, cid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output normalisation's statistics; z-scores in two fast passes (same values as
+        `Normalize.stats`, whose Welford kernel is several times slower on CPU)."""
+        norm = self.recipe.output_norm
+        n_px = y.shape[-1] * y.shape[-2]
+        if norm.mode != "zscore" or (norm.max_samples is not None and n_px > norm.max_samples):
+            return norm.stats(y, cid)
+        mean = y.mean(dim=(-2, -1), keepdim=True)
+        std = (y - mean).square_().mean(dim=(-2, -1), keepdim=True).sqrt_()
+        return mean, std.clamp_(min=norm.eps)
+
+    # -- geometry ------------------------------------------------------------------------------------
+    def _draw_symmetries(self, n: int, g: torch.Generator | None, dev: torch.device) -> torch.Tensor:
+        geo = self.recipe.geometry
+        if geo.dihedral:
+            return torch.randint(8, (n,), generator=g, device=dev)
+        u = _rand(g, dev, n, 2)
+        return (u[:, 0] < geo.p_horizontal_flip).long() + 2 * (u[:, 1] < geo.p_vertical_flip).long()
+
+    def symmetries(self, y: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        """Apply symmetry `choice[i]` (an index into `random_dihedral`'s or `random_flip`'s ops) to
+        crop i of (n, C, S, S), as one gather."""
+        n, c, s, _ = y.shape
+        key = (s, self.recipe.geometry.dihedral, y.device)
+        if key not in self._tables:
+            self._tables[key] = _symmetry_table(s, self.recipe.geometry.dihedral, y.device)
+        idx = self._tables[key][choice][:, None, :].expand(n, c, s * s)
+        return y.reshape(n, c, s * s).gather(2, idx).view(n, c, s, s)
+
+    # -- intensity -----------------------------------------------------------------------------------
+    def intensity(self, y: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """Brightness, contrast, gamma: per-crop coins, per-channel factors, masked."""
+        ints = self.recipe.intensity
+        n, c = y.shape[:2]
+        dev = y.device
+        for cfg, centred in ((ints.brightness, False), (ints.contrast, True)):
+            if cfg.p <= 0:
+                continue
+            on = (_rand(g, dev, n) < cfg.p)[:, None, None, None]
+            f = (1.0 + cfg.std * _randn(g, dev, n, c, 1, 1)).clamp(min=cfg.minimum)
+            f = torch.where(on, f, torch.ones_like(f))
+            mean = y.mean(dim=(-2, -1), keepdim=True) if centred else 0.0
+            y = (y - mean) * f + mean
+        gam = ints.gamma
+        if gam.p > 0:
+            on = (_rand(g, dev, n) < gam.p)[:, None, None, None]
+            e = torch.exp(_between(math.log(gam.range[0]), math.log(gam.range[1]), _rand(g, dev, n, 1, 1, 1)))
+            y = torch.where(on, y.clamp(min=0.0).pow(e), y)
+        return y
+
+    def blur(self, y: torch.Tensor, p: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """Gaussian blur of the crops whose coin (probability `p[i]`) comes up; the others are kept."""
+        cfg = self.recipe.intensity.blur
+        if not bool((p > 0).any()):
+            return y
+        n = y.shape[0]
+        on = _rand(g, y.device, n) < p
+        sigma = _between(cfg.sigma[0], cfg.sigma[1], _rand(g, y.device, n))
+        if not bool(on.any()):
+            return y
+        idx = on.nonzero().flatten()
+        y = y.clone()
+        y[idx] = gaussian_blur(y[idx], sigma[idx])
+        return y
+
+    def noise(self, y: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """Poisson-Gaussian shot + read noise, then additive Gaussian noise (per-crop parameters)."""
+        ints = self.recipe.intensity
+        n = y.shape[0]
+        dev = y.device
+        pn = ints.poisson_noise
+        if pn.p > 0:
+            on = (_rand(g, dev, n) < pn.p)[:, None, None, None]
+            lo, hi = math.log(pn.photons[0]), math.log(pn.photons[1])
+            k = torch.exp(_between(lo, hi, _rand(g, dev, n, 1, 1, 1)))
+            s = _between(*pn.read_sigma, _rand(g, dev, n, 1, 1, 1))
+            shot = torch.poisson(y.clamp(min=0.0) * k, generator=g) / k
+            y = torch.where(on, shot + s * _randn(g, dev, *y.shape), y)
+        gn = ints.gaussian_noise
+        if gn.p > 0:
+            on = _rand(g, dev, n) < gn.p
+            sigma = _between(*gn.sigma, _rand(g, dev, n))
+            idx = on.nonzero().flatten()
+            if idx.numel():
+                y = y.clone()
+                y[idx] += sigma[idx, None, None, None] * _randn(g, dev, idx.numel(), *y.shape[1:])
+        return y
+
+    # -- channels ------------------------------------------------------------------------------------
+    def rescale(self, y: torch.Tensor, cid: torch.Tensor | None, g: torch.Generator | None) -> torch.Tensor:
+        """Multiply the protected channels by one factor per crop, with probability rescale_p."""
+        ch = self.recipe.channels
+        if ch.rescale_p <= 0 or not ch.protected:
+            return y
+        n, c = y.shape[:2]
+        dev = y.device
+        on = _rand(g, dev, n) < ch.rescale_p
+        f = _between(*ch.rescale_range, _rand(g, dev, n))
+        if cid is None:
+            check_channels(ch.protected, c, "channels.protected")
+            sel = torch.zeros(n, c, dtype=torch.bool, device=dev)
+            sel[:, ch.protected] = True
+        else:  # Bag-of-Channels: the one plane is rescaled when it is a protected channel
+            sel = torch.isin(cid, torch.tensor(ch.protected, device=dev))
+        factor = torch.where(sel & on[:, None], f[:, None], torch.ones_like(sel, dtype=y.dtype))
+        return y * factor[..., None, None]
+
+    def drop(self, y: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """Zero one non-protected channel per crop with probability drop_p (never the only channel)."""
+        ch = self.recipe.channels
+        n, c = y.shape[:2]
+        candidates = self.recipe.drop.droppable(c)
+        if ch.drop_p <= 0 or not candidates:
+            return y
+        dev = y.device
+        u = _rand(g, dev, n, 2)
+        pick = (u[:, 1] * len(candidates)).long().clamp(max=len(candidates) - 1)
+        col = torch.tensor(candidates, device=dev)[pick]
+        hit = (u[:, 0] < ch.drop_p)[:, None] & (torch.arange(c, device=dev)[None, :] == col[:, None])
+        return y.masked_fill(hit[..., None, None], 0.0)
+
+
+def widen(x: torch.Tensor, native_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Raw regions to a dtype every device kernel supports: uint16 (or uint16 carried bit for bit as
+    int16, `native_dtype` uint16) -> int32, uint32 -> int64, other integers -> float32."""
+    if x.dtype == torch.uint16 or (x.dtype == torch.int16 and native_dtype == torch.uint16):
+        return x.view(torch.int16).to(torch.int32) & 0xFFFF
+    if x.dtype == torch.uint32 or (x.dtype == torch.int32 and native_dtype == torch.uint32):
+        return x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return x if x.is_floating_point() or x.dtype in (torch.int32, torch.int64) else to_float(x)
+
+
+__all__ = ["BatchedMultiCrop", "draw_boxes", "widen"]

@@ -1,0 +1,142 @@
+"""Batched resized crops as two matrix products per crop: ``out = Wy @ window @ Wx^T``.
+
+Each row of ``Wx`` (``Wy``) holds the interpolation weights `torch.nn.functional.interpolate`
+uses for one output column (row) of a crop: bicubic (A = -0.75) or bilinear with border clamping,
+nearest, or, with antialiasing, the widened kernels torch uses (bicubic A = -0.5, triangle), so a
+batch of crops with different boxes and scales resamples in a few batched ops on any device and
+gives the pixels `resized_crop` gives for the same boxes (float rounding aside).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .geometry import INTERPOLATIONS
+
+
+def _cubic(t: torch.Tensor, a: float) -> torch.Tensor:
+    """Keys' cubic convolution kernel at distance t (any sign)."""
+    t = t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((t - 5) * t + 8) * t * a - 4 * a
+    return torch.where(t < 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def _plain_taps(length: torch.Tensor, size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, weight) of shape (n, size, K) within a box of `length` pixels, as interpolate without
+    antialiasing: source positions clamped to the box."""
+    scale = length.to(torch.float32)[:, None] / size
+    i = torch.arange(size, device=length.device, dtype=torch.float32)[None, :]
+    last = (length - 1)[:, None, None]
+    if mode == "nearest":
+        idx = torch.minimum(torch.floor(i * scale).long()[..., None], last)
+        return idx, torch.ones(idx.shape, device=length.device)
+    src = scale * (i + 0.5) - 0.5
+    if mode == "bilinear":
+        src = src.clamp(min=0.0)
+        x0 = torch.floor(src)
+        lam = (src - x0)[..., None]
+        x0 = x0.long()[..., None]
+        idx = torch.cat([x0, torch.minimum(x0 + 1, last)], dim=-1)
+        return idx, torch.cat([1 - lam, lam], dim=-1)
+    x0 = torch.floor(src)
+    t = (src - x0)[..., None]
+    k = torch.arange(-1, 3, device=length.device, dtype=torch.float32)
+    weight = _cubic(t - k, -0.75)
+    idx = (x0.long()[..., None] + k.long()).clamp(min=0)
+    return torch.minimum(idx, last), weight
+
+
+def _antialias_taps(length: torch.Tensor, size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, weight) as interpolate(antialias=True): kernel support widened by the shrink factor,
+    truncated at the box edges and renormalised."""
+    scale = length.to(torch.float32)[:, None, None] / size
+    half = 2.0 if mode == "bicubic" else 1.0
+    support = torch.where(scale >= 1, half * scale, torch.full_like(scale, half))
+    inv = torch.where(scale >= 1, 1.0 / scale, torch.ones_like(scale))
+    i = torch.arange(size, device=length.device, dtype=torch.float32)[None, :, None]
+    center = scale * (i + 0.5)
+    xmin = torch.trunc(center - support + 0.5).clamp(min=0)
+    xmax = torch.minimum(torch.trunc(center + support + 0.5), length.to(torch.float32)[:, None, None])
+    k_max = int(math.ceil(2 * float(support.max()))) + 2
+    pos = xmin + torch.arange(k_max, device=length.device, dtype=torch.float32)
+    d = (pos - center + 0.5) * inv
+    w = _cubic(d, -0.5) if mode == "bicubic" else (1 - d.abs()).clamp(min=0.0)
+    w = torch.where(pos < xmax, w, torch.zeros_like(w))
+    w = w / w.sum(dim=-1, keepdim=True)
+    return torch.minimum(pos.long(), (length - 1)[:, None, None]), w
+
+
+def weight_matrix(
+    length: torch.Tensor, offset: torch.Tensor, window: int, size: int, mode: str, antialias: torch.Tensor
+) -> torch.Tensor:
+    """(n, size, window) weights resampling n boxes of `length` pixels starting at `offset` in a
+    window of `window` pixels to `size` pixels; `antialias` (n,) bool picks the kernel per crop."""
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
+    n = length.shape[0]
+    out = torch.zeros(n, size, window, device=length.device)
+    idx, w = _plain_taps(length, size, mode)
+    use_aa = antialias & (mode != "nearest")
+    plain = ~use_aa
+    out.scatter_add_(2, idx + offset[:, None, None], w * plain[:, None, None])
+    if bool(use_aa.any()):
+        idx, w = _antialias_taps(length, size, mode)
+        out.scatter_add_(2, idx + offset[:, None, None], w * use_aa[:, None, None])
+    return out
+
+
+def _windows(x: torch.Tensor, image: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int):
+    """(n, C, h, w) windows of x at (y0, x0): slices on CPU (faster there), one gather elsewhere."""
+    if x.device.type == "cpu":
+        im, ys, xs = image.tolist(), y0.tolist(), x0.tolist()
+        return torch.stack([x[i, :, a : a + h, b : b + w] for i, a, b in zip(im, ys, xs)])
+    ar = torch.arange
+    c = x.shape[1]
+    rows = (y0[:, None] + ar(h, device=x.device))[:, None, :, None]
+    cols = (x0[:, None] + ar(w, device=x.device))[:, None, None, :]
+    return x[image[:, None, None, None], ar(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def _resample_group(x, image, boxes, size, interpolation, antialias) -> torch.Tensor:
+    _, c, hgt, wid = x.shape
+    top, left, bh, bw = boxes.unbind(-1)
+    win_h, win_w = int(bh.max()), int(bw.max())
+    y0 = torch.minimum(top, torch.full_like(top, hgt - win_h))
+    x0 = torch.minimum(left, torch.full_like(left, wid - win_w))
+    window = _windows(x, image, y0, x0, win_h, win_w)
+    shrink = ((bh > size) | (bw > size)) & antialias
+    wy = weight_matrix(bh, top - y0, win_h, size, interpolation, shrink)
+    wx = weight_matrix(bw, left - x0, win_w, size, interpolation, shrink)
+    # contract the window's width first (n, C, win_h, size), then its height
+    t = torch.matmul(window, wx.transpose(1, 2)[:, None])
+    return torch.matmul(wy[:, None], t)
+
+
+def resample_boxes(
+    x: torch.Tensor,
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+    groups: int = 4,
+) -> torch.Tensor:
+    """Resized crops of float `x` (B, C, H, W): crop n is box ``boxes[n] = (top, left, h, w)`` of
+    image ``image[n]`` resampled to (size, size); returns (n, C, size, size) float32.
+
+    Antialiasing applies to a crop when its box is larger than `size` on either side (as in
+    `resized_crop`). Crops are resampled in up to `groups` groups of similar box size, each crop
+    reading a window of its group's largest box (less work than one window for all).
+    """
+    n = boxes.shape[0]
+    groups = max(1, min(groups, n // 8))
+    if groups == 1:
+        return _resample_group(x, image, boxes, size, interpolation, antialias)
+    order = (boxes[:, 2] * boxes[:, 3]).argsort()
+    out = torch.empty(n, x.shape[1], size, size, device=x.device)
+    for part in order.tensor_split(groups):
+        out[part] = _resample_group(x, image[part], boxes[part], size, interpolation, antialias)
+    return out
