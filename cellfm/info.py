@@ -32,7 +32,30 @@ def _importable(name: str) -> tuple[bool, str]:
         return False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
-def collect() -> dict[str, Any]:
+VIEWER_CHECK = "import napari; viewer = napari.Viewer(show=False); viewer.close(); print('viewer ok')"
+
+
+def viewer_check(timeout: float = 120.0) -> tuple[bool, str]:
+    """Start a napari viewer in a subprocess (Qt aborts the process when its platform plugin cannot
+    load, e.g. missing xcb libraries or no display); (usable, reason)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([sys.executable, "-c", VIEWER_CHECK], capture_output=True, text=True,
+                             timeout=timeout, env=os.environ.copy())  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False, f"a viewer did not start within {timeout:.0f} s"
+    if out.returncode == 0 and "viewer ok" in out.stdout:
+        return True, f"viewer starts (QT_QPA_PLATFORM={os.environ.get('QT_QPA_PLATFORM', 'default')})"
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith(("Traceback", "  "))]
+    keys = ("could not load the qt platform", "could not connect", "cannot open shared object", "xcb")
+    hint = next((ln for k in keys for ln in lines if k in ln.lower()), lines[-1] if lines else "")
+    return False, (f"napari imports but a viewer cannot start (exit {out.returncode}): {hint.strip()[:200]}; "
+                   "on Linux install the Qt xcb libraries (libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0) and "
+                   "run under a display (xvfb-run), or set QT_QPA_PLATFORM=offscreen")  # fmt: skip
+
+
+def collect(check_viewer: bool = True) -> dict[str, Any]:
     import torch
 
     from .config import list_configs
@@ -48,6 +71,8 @@ def collect() -> dict[str, Any]:
         _importable("xformers.ops") if _version("xformers") else (False, "not installed")
     )
     napari_ok, napari_msg = _importable("napari") if _version("napari") else (False, "not installed")
+    if napari_ok and check_viewer:
+        napari_ok, napari_msg = viewer_check()
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     try:
         from .default_model import default_model_path
@@ -68,7 +93,11 @@ def collect() -> dict[str, Any]:
             if xformers_ok and cuda
             else f"not usable ({xformers_msg if not xformers_ok else 'no CUDA'})",
         },
-        "napari": "usable" if napari_ok else f"not usable ({napari_msg})",
+        "napari": f"usable ({napari_msg})"
+        if napari_ok and napari_msg != "ok"
+        else "usable"
+        if napari_ok
+        else f"not usable ({napari_msg})",
         "configs": list_configs(),
         "models": {
             "default": default_model,

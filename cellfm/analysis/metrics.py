@@ -81,7 +81,10 @@ def average_precision_activity(x, treatments, is_control) -> pd.DataFrame:
 
 def phenotypic_activity(x, treatments, is_control, null_size: int = 10000, threshold: float = 0.05,
                         seed: int = 0) -> pd.DataFrame:  # fmt: skip
-    """Per-treatment mAP with copairs' permutation p-values (FDR-corrected) and an `active` flag."""
+    """Per-treatment mAP with copairs' permutation p-values (FDR-corrected), an `active` flag and the
+    `p_value_floor`: the chance that a random ranking puts all of a replicate's positives first,
+    1 / C(n_total, n_pos), the smallest p-value the design can honestly give (copairs counts only
+    null APs strictly above the observed one, so it reports 1 / (null_size + 1) there instead)."""
     from copairs.map import mean_average_precision
 
     ap = average_precision_activity(x, treatments, is_control)
@@ -91,4 +94,15 @@ def phenotypic_activity(x, treatments, is_control, null_size: int = 10000, thres
     res = mean_average_precision(ap, sameby=["treatment"], null_size=null_size, threshold=threshold,
                                  seed=seed, progress_bar=False)  # fmt: skip
     res = res.rename(columns={"mean_average_precision": "mAP", "below_corrected_p": "active"})
+    floors = ap.groupby("treatment")[["n_pos_pairs", "n_total_pairs"]].apply(
+        lambda g: max(p_value_floor(int(n), int(t)) for n, t in zip(g["n_pos_pairs"], g["n_total_pairs"]))
+    )
+    res["p_value_floor"] = res["treatment"].map(floors).to_numpy(float)
     return res.reset_index(drop=True)
+
+
+def p_value_floor(n_pos: int, n_total: int) -> float:
+    """1 / C(n_total, n_pos): the null probability that `n_pos` positives rank first among `n_total`."""
+    from math import comb
+
+    return 1.0 / comb(n_total, n_pos) if 0 < n_pos <= n_total else 1.0

