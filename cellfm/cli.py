@@ -54,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .atomic import WriteFailed
+    from .locking import OutputLocked
+
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (FileNotFoundError, ValueError, KeyError, OutputLocked, WriteFailed) as err:
         # Bad input: one clear line instead of a traceback (use -v for the traceback).
         if args.verbose:
             raise

@@ -28,8 +28,19 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_training_state(out_dir: Path, state: dict[str, Any]) -> Path:
     path = Path(out_dir) / CHECKPOINT
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp), size_hint=tensor_bytes(state))
     return path
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (the least a checkpoint of it needs on disk)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_training_state(out_dir: Path) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from typing import Any
 MAX_EMPTY_EPOCHS = 3  # consecutive epochs without one batch before giving up
 
 
-class NoUsableCrops(RuntimeError):
+class NoUsableCrops(ValueError):
     """No field of the stores yields a crop under the data settings."""
 
 
@@ -40,7 +40,8 @@ def check_field_sizes(images: list[Any], crop: int) -> None:
 def no_usable_crops(crops: Any, epochs: int) -> NoUsableCrops:
     """The error after `epochs` empty epochs, naming the stores and the settings that select crops."""
     sizes = _sizes(crops.images)
-    span = f"{min(sizes)}..{max(sizes)} px" if sizes else "none readable"
+    lo, hi = (min(sizes), max(sizes)) if sizes else ((0, 0), (0, 0))
+    span = f"{lo[0]}x{lo[1]}..{hi[0]}x{hi[1]} px" if sizes else "none readable"
     counts = {k: v for k, v in crops.counters.items() if v}
     return NoUsableCrops(
         f"{epochs} epochs in a row gave no batch from {_stores(crops.images)} ({len(crops.images)} fields, "
