@@ -12,6 +12,7 @@ from pathlib import Path
 from cellfm.transforms import AugmentConfig
 
 from ..config import apply_overrides, from_dict, merge, read_yaml_config
+from ..data.workers import check_loader_settings
 from ..models.config import ModelConfig
 
 OFFICIAL_EPOCH_LENGTH = 1250
@@ -30,7 +31,7 @@ class DataConfig:
     threshold: str | float = "otsu"
     min_foreground: float = 0.1
     channels: list[str] | None = None
-    num_workers: int = 0
+    num_workers: int | str = 0  # or "auto": cellfm.data.workers.auto_num_workers decides
 
 
 @dataclass
@@ -162,6 +163,7 @@ class SSLConfig:
                 f"data.field_crop_size {self.data.field_crop_size} is smaller than the global crops "
                 f"({crops.global_crops_size})"
             )
+        check_loader_settings(self.data.num_workers, self.augment.device)
         ev = self.evaluation
         if ev.knn_every and not (ev.stores and ev.labels_csv):
             raise ValueError("evaluation.knn_every needs evaluation.stores and evaluation.labels_csv")
