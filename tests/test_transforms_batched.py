@@ -21,7 +21,7 @@ from cellfm.transforms import (
 )
 from cellfm.transforms import multicrop as multicrop_module
 from cellfm.transforms.batched import BatchedMultiCrop, draw_boxes, widen
-from cellfm.transforms.resample import resample_boxes
+from cellfm.transforms.resample import _resample_group, resample_boxes
 from scipy.stats import ks_2samp
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -46,9 +46,11 @@ def test_resample_boxes_gives_resized_crop_pixels(device, mode, antialias):
     )  # shrinking, upsampling, identity size, mixed
     image = torch.arange(len(boxes)) % 3
     out = resample_boxes(x.to(device), image.to(device), boxes.to(device), 32, mode, antialias).cpu()
+    grouped = _resample_group(x, image, boxes, 32, mode, antialias)  # the accelerator code, on CPU
     for n, box in enumerate(boxes.tolist()):
         ref = resized_crop(x[image[n]], tuple(box), 32, mode, antialias)
         torch.testing.assert_close(out[n], ref, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(grouped[n], ref, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dihedral", [True, False])
@@ -152,13 +154,16 @@ def _crop_stats(crops: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def test_intensity_statistics_match_over_many_draws():
+@pytest.mark.parametrize("nonlinear", [True, False])
+def test_intensity_statistics_match_over_many_draws(nonlinear):
     """The cellpainting5 recipe (smaller crops): per crop and channel, the distributions of means,
     stds, maxima and dropped channels agree between the two paths."""
     cfg = load_augment_config("cellpainting5")
     cfg.crops.global_crops_size, cfg.crops.local_crops_size, cfg.crops.local_crops_number = 28, 14, 4
-    cfg.intensity.gamma.p, cfg.intensity.poisson_noise.p = 0.3, 0.3  # cover them too
+    if nonlinear:  # the op-by-op path; without them the folded one
+        cfg.intensity.gamma.p, cfg.intensity.poisson_noise.p = 0.3, 0.3
     mc = MultiCrop.from_config(cfg)
+    assert BatchedMultiCrop(mc).fold_affine is not nonlinear
     x = uint16_fields(6, 5, 64)
     g = torch.Generator().manual_seed(0)
     ref = {"global_crops": [], "local_crops": []}
@@ -170,7 +175,7 @@ def test_intensity_statistics_match_over_many_draws():
     for key in ref:
         a, b = _crop_stats(torch.stack(ref[key])), _crop_stats(new[key])
         for stat in a:
-            assert ks_2samp(a[stat], b[stat]).statistic < 0.09, (key, stat)
+            assert ks_2samp(a[stat], b[stat]).pvalue > 1e-3, (key, stat)  # seeded: deterministic
         assert abs(a["zero"].mean() - b["zero"].mean()) < 0.03  # drop_p 0.2 of 5 channels: 4%
 
 
@@ -274,3 +279,24 @@ def test_blur_is_applied_with_its_probability_per_crop_position():
     assert (peak(g[:400]) < 1).all() and (peak(g[400:]) == 1).all()
     assert abs(float((peak(out["local_crops"]) < 1).float().mean()) - 0.5) < 0.05
     assert math.isclose(float(g[0].sum()), 1.0, rel_tol=1e-5)  # blur keeps the mass
+
+
+@pytest.mark.parametrize("bag_of_channels", [False, True])
+def test_folded_affine_tail_equals_the_op_by_op_path(bag_of_channels):
+    """Brightness/contrast/blur/noise/rescale/output norm/drop folded into one multiply-add give
+    the crops the op-by-op path gives for the same generator state."""
+    cfg = load_augment_config("cellpainting5")
+    cfg.crops.global_crops_size, cfg.crops.local_crops_size, cfg.crops.local_crops_number = 28, 14, 3
+    cfg.intensity.gaussian_noise.p, cfg.intensity.blur.p_local = 0.5, 0.5
+    cfg.channels.protected, cfg.channels.rescale_p = [0, 3], 0.5
+    cfg.channels.bag_of_channels = bag_of_channels
+    folded = BatchedMultiCrop.from_config(cfg)
+    stepwise = BatchedMultiCrop.from_config(cfg)
+    stepwise.fold_affine = False
+    assert folded.fold_affine
+    x = widen(uint16_fields(8, 5, 48))
+    a = folded(x, torch.Generator().manual_seed(2))
+    b = stepwise(x, torch.Generator().manual_seed(2))
+    for key in ("global_crops", "local_crops"):
+        torch.testing.assert_close(a[key], b[key], atol=2e-4, rtol=1e-4)
+        assert torch.equal(a[key] == 0, b[key] == 0)  # dropped channels are exact zeros in both

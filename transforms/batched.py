@@ -96,6 +96,14 @@ class BatchedMultiCrop:
             raise ValueError("the batched multi-crop has no elastic warp; set augment.device: cpu")
         self.recipe, self.dtype = recipe, dtype
         self._tables: dict[tuple, torch.Tensor] = {}
+        out = recipe.output_norm
+        # Without gamma and Poisson noise every op after the resampling is affine per crop and
+        # channel (blur is linear and keeps constants): fold them into one multiply-add.
+        self.fold_affine = (
+            recipe.intensity.gamma.p == 0
+            and recipe.intensity.poisson_noise.p == 0
+            and not (out.clip and out.mode in ("percentile", "range"))
+        )
 
     @classmethod
     def from_config(cls, cfg: AugmentConfig, dtype: torch.dtype = torch.float32) -> BatchedMultiCrop:
@@ -184,8 +192,11 @@ class BatchedMultiCrop:
         y = self.symmetries(y, self._draw_symmetries(n * b, g, dev))
         cid = None if cidx is None else cidx.repeat(n)[:, None]
         out_stats = self._output_stats(y, cid)
+        blur_p = torch.tensor(blur_p, device=dev).repeat_interleave(b)
+        if self.fold_affine:
+            return self._folded(y, out_stats, blur_p, cid, g).to(self.dtype)
         y = self.intensity(y, g)
-        y = self.blur(y, torch.tensor(blur_p, device=dev).repeat_interleave(b), g)
+        y = self.blur(y, blur_p, g)
         y = self.noise(y, g)
         y = self.rescale(y, cid, g)
         y = r.output_norm.apply(y, *out_stats)
@@ -202,6 +213,46 @@ class BatchedMultiCrop:
         mean = y.mean(dim=(-2, -1), keepdim=True)
         std = (y - mean).square_().mean(dim=(-2, -1), keepdim=True).sqrt_()
         return mean, std.clamp_(min=norm.eps)
+
+    def _folded(self, y, stats, blur_p, cid, g) -> torch.Tensor:
+        """Brightness, contrast, blur, Gaussian noise, rescale, output norm and drop as one
+        per-crop-channel map ``A * blur(y) + B`` plus scaled noise. Draws the random numbers in the
+        order and shapes of the op-by-op path, so both give the same crops."""
+        ints = self.recipe.intensity
+        n, c = y.shape[:2]
+        dev = y.device
+        a = torch.ones(n, c, 1, 1, device=dev)
+        b = torch.zeros(n, c, 1, 1, device=dev)
+        mean = y.mean(dim=(-2, -1), keepdim=True)
+        for cfg, centred in ((ints.brightness, False), (ints.contrast, True)):
+            if cfg.p <= 0:
+                continue
+            on = (_rand(g, dev, n) < cfg.p)[:, None, None, None]
+            f = (1.0 + cfg.std * _randn(g, dev, n, c, 1, 1)).clamp(min=cfg.minimum)
+            f = torch.where(on, f, torch.ones_like(f))
+            # brightness: f * y; contrast: f * y + (1 - f) * mean(y), with y = a * y0 + b
+            b = f * b + (1 - f) * (a * mean + b) if centred else f * b
+            a = f * a
+        y = self.blur(y, blur_p, g)
+        noise = None
+        gn = ints.gaussian_noise
+        if gn.p > 0:
+            on = _rand(g, dev, n) < gn.p
+            sigma = _between(*gn.sigma, _rand(g, dev, n))
+            idx = on.nonzero().flatten()
+            if idx.numel():
+                noise = (idx, sigma[idx, None, None, None] * _randn(g, dev, idx.numel(), *y.shape[1:]))
+        s = torch.ones(n, c, 1, 1, device=dev)  # what multiplies the noise
+        factor = self.rescale(torch.ones(n, c, 1, 1, device=dev), cid, g)
+        off, sc = stats
+        a, b, s = a * factor / sc, (b * factor - off) / sc, s * factor / sc
+        keep = self.drop(torch.ones(n, c, 1, 1, device=dev), g)
+        a, b, s = a * keep, b * keep, s * keep
+        y = torch.addcmul(b, y, a)
+        if noise is not None:
+            idx, eps = noise
+            y[idx] += s[idx] * eps
+        return y
 
     # -- geometry ------------------------------------------------------------------------------------
     def _draw_symmetries(self, n: int, g: torch.Generator | None, dev: torch.device) -> torch.Tensor:

@@ -145,6 +145,10 @@ class AugmentConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     nan_policy: str = "error"
     nan_fill: float = 0.0
+    # where training augments: cpu = per sample in the data workers; cuda = batched on the training
+    # device (must be CUDA); device = batched on the training device, whatever it is; auto = cuda
+    # when training on CUDA, else cpu (see cellfm.ssl.loader)
+    device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples as lists) suitable for YAML."""
@@ -163,6 +167,9 @@ def augment_config_from_dict(data: dict | None, validate: bool = True) -> Augmen
     """Typed `AugmentConfig` from a dict; with `validate`, also builds the pipeline to check values."""
     cfg = from_dict(AugmentConfig, data)
     if validate:
+        from cellfm.data.workers import check_loader_settings
+
+        check_loader_settings(0, cfg.device)
         from .collate import MaskCollator
         from .multicrop import MultiCrop
 

@@ -88,25 +88,31 @@ def weight_matrix(
     return out
 
 
-def _windows(x: torch.Tensor, image: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int):
-    """(n, C, h, w) windows of x at (y0, x0): slices on CPU (faster there), one gather elsewhere."""
-    if x.device.type == "cpu":
-        im, ys, xs = image.tolist(), y0.tolist(), x0.tolist()
-        return torch.stack([x[i, :, a : a + h, b : b + w] for i, a, b in zip(im, ys, xs)])
-    ar = torch.arange
-    c = x.shape[1]
-    rows = (y0[:, None] + ar(h, device=x.device))[:, None, :, None]
-    cols = (x0[:, None] + ar(w, device=x.device))[:, None, None, :]
-    return x[image[:, None, None, None], ar(c, device=x.device)[None, :, None, None], rows, cols]
+def _resample_each(x, image, boxes, size, interpolation, antialias) -> torch.Tensor:
+    """CPU: one pair of matrix products per crop straight on its box (a view, no window copy)."""
+    top, left, bh, bw = boxes.unbind(-1)
+    shrink = ((bh > size) | (bw > size)) & antialias
+    zero = torch.zeros_like(top)
+    wy = weight_matrix(bh, zero, int(bh.max()), size, interpolation, shrink)
+    wx = weight_matrix(bw, zero, int(bw.max()), size, interpolation, shrink).transpose(1, 2)
+    out = torch.empty(len(boxes), x.shape[1], size, size)
+    for n, (i, y0, x0, h, w) in enumerate(zip(image.tolist(), *(v.tolist() for v in (top, left, bh, bw)))):
+        torch.matmul(wy[n, :, :h], torch.matmul(x[i, :, y0 : y0 + h, x0 : x0 + w], wx[n, :w]), out=out[n])
+    return out
 
 
 def _resample_group(x, image, boxes, size, interpolation, antialias) -> torch.Tensor:
+    """Accelerators: every crop of the group reads a window of the group's largest box (one gather)
+    and the group resamples in two batched matrix products."""
     _, c, hgt, wid = x.shape
     top, left, bh, bw = boxes.unbind(-1)
     win_h, win_w = int(bh.max()), int(bw.max())
     y0 = torch.minimum(top, torch.full_like(top, hgt - win_h))
     x0 = torch.minimum(left, torch.full_like(left, wid - win_w))
-    window = _windows(x, image, y0, x0, win_h, win_w)
+    ar = torch.arange
+    rows = (y0[:, None] + ar(win_h, device=x.device))[:, None, :, None]
+    cols = (x0[:, None] + ar(win_w, device=x.device))[:, None, None, :]
+    window = x[image[:, None, None, None], ar(c, device=x.device)[None, :, None, None], rows, cols]
     shrink = ((bh > size) | (bw > size)) & antialias
     wy = weight_matrix(bh, top - y0, win_h, size, interpolation, shrink)
     wx = weight_matrix(bw, left - x0, win_w, size, interpolation, shrink)
@@ -128,9 +134,11 @@ def resample_boxes(
     image ``image[n]`` resampled to (size, size); returns (n, C, size, size) float32.
 
     Antialiasing applies to a crop when its box is larger than `size` on either side (as in
-    `resized_crop`). Crops are resampled in up to `groups` groups of similar box size, each crop
-    reading a window of its group's largest box (less work than one window for all).
+    `resized_crop`). On CPU each crop is resampled from its own box; elsewhere in up to `groups`
+    batched groups of similar box size, each crop reading a window of its group's largest box.
     """
+    if x.device.type == "cpu":
+        return _resample_each(x, image, boxes, size, interpolation, antialias)
     n = boxes.shape[0]
     groups = max(1, min(groups, n // 8))
     if groups == 1:

@@ -55,7 +55,11 @@ class CropDataset(IterableDataset):
 
     Each epoch is a fixed list of items drawn from (seed, epoch), split across ranks x workers so
     that every item is produced exactly once. Zarr handles are opened lazily in each worker.
+    With ``native = True`` crops keep the stored dtype (uint16 stays uint16) and `stats` is not
+    applied: the device-side augmentation normalises them.
     """
+
+    native: bool = False
 
     def __init__(
         self,
@@ -173,6 +177,8 @@ class CropDataset(IterableDataset):
                 "level": im.level, "channels": list(self.channels), "item": item, "cell_id": cell_id}  # fmt: skip
 
     def _to_tensor(self, data: np.ndarray) -> torch.Tensor:
+        if self.native:
+            return torch.from_numpy(np.ascontiguousarray(data))
         x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         if self.stats is not None:
             lo = torch.tensor(self.stats.p_low).view(-1, 1, 1)

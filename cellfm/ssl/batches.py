@@ -4,61 +4,34 @@ Each sample's augmentations are seeded from (run seed, the sample's item id) and
 from (run seed, its first item id), so the batch of step s is the same whatever happened before:
 a resumed run replays exactly the batches an uninterrupted run would have seen. Resuming mid-epoch
 reads the epoch's earlier crops again (which crops are skipped for missing data or background
-depends on them) but neither augments nor collates them.
+depends on them) but neither augments nor collates them. The loader itself (persistent workers,
+host/device split, prefetch) is `cellfm.ssl.loader`.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cellfm.data import CropDataset
+from cellfm.data.workers import resolve_augment_device, resolve_num_workers
 from cellfm.transforms import MaskCollator, MultiCrop
+from cellfm.transforms.batched import BatchedMultiCrop
 
 from .config import SSLConfig
-from .empty_data import MAX_EMPTY_EPOCHS, check_field_sizes, no_usable_crops
-
-SKIPPED = "skipped_for_resume"
-
-
-def stable_seed(*parts: Any) -> int:
-    return zlib.crc32("|".join(map(str, parts)).encode())
-
-
-class MultiCropStream(IterableDataset):
-    """Crops from a CropDataset turned into multi-crop dicts (with the crop's metadata)."""
-
-    def __init__(self, crops: CropDataset, multicrop: MultiCrop, seed: int, batch_size: int = 1):
-        super().__init__()
-        self.crops, self.multicrop, self.seed = crops, multicrop, seed
-        self.batch_size = batch_size
-        self.skip_batches = 0  # the epoch's first batches (all workers) to pass over unaugmented
-
-    def set_epoch(self, epoch: int) -> None:
-        self.crops.set_epoch(epoch)
-
-    def _samples_to_skip(self) -> int:
-        """This worker's share of the first `skip_batches` batches: the DataLoader takes whole batches
-        from its workers in turn (batch i from worker i % W)."""
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        own = -(-(self.skip_batches - worker) // workers) if self.skip_batches > worker else 0
-        return own * self.batch_size
-
-    def __iter__(self) -> Iterator[dict]:
-        skip = self._samples_to_skip()
-        for n, (x, meta) in enumerate(self.crops):
-            if n < skip:
-                yield {"item": meta["item"], SKIPPED: True}
-                continue
-            g = torch.Generator().manual_seed(stable_seed(self.seed, meta["item"]))
-            out = self.multicrop(x, generator=g)
-            out["item"] = meta["item"]
-            yield out
+from .empty_data import check_field_sizes
+from .loader import (
+    RAW,
+    SKIPPED,  # noqa: F401 - re-exported: the resume marker
+    TRAINING_DTYPES,
+    CollatedBatch,
+    DeviceAugment,
+    RawBatch,
+    RunLoader,
+    check_stores,
+    stable_seed,
+)
 
 
 class SeededCollate:
@@ -68,8 +41,6 @@ class SeededCollate:
         self.collator, self.seed = collator, seed
 
     def __call__(self, samples: list[dict]) -> dict:
-        if samples[0].get(SKIPPED):
-            return {SKIPPED: True}
         self.collator.generator = torch.Generator().manual_seed(stable_seed(self.seed, samples[0]["item"]))
         return self.collator([{k: v for k, v in s.items() if k != "item"} for s in samples])
 
@@ -77,7 +48,14 @@ class SeededCollate:
 class BatchStream:
     """Infinite iterator of collated batches for one rank, starting at any global step."""
 
-    def __init__(self, cfg: SSLConfig, sources: list[str], rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        cfg: SSLConfig,
+        sources: list[str],
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ):
         d, a = cfg.data, cfg.augment
         self.crops = CropDataset(
             sources,
@@ -98,46 +76,37 @@ class BatchStream:
         )
         self.channels = list(self.crops.channels)
         self.multicrop = MultiCrop.from_config(a)
-        self.stream = MultiCropStream(
-            self.crops, self.multicrop, cfg.train.seed, cfg.train.batch_size_per_device
-        )
-        check_field_sizes(self.crops.images, d.field_crop_size)
         self.collate = SeededCollate(MaskCollator.from_config(a), cfg.train.seed)
         self.batch_size = cfg.train.batch_size_per_device
-        self.num_workers = d.num_workers
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.num_workers = resolve_num_workers(d.num_workers, self.device.type)
         self.steps_per_epoch = d.crops_per_epoch // (self.batch_size * world_size)
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"data.crops_per_epoch ({d.crops_per_epoch}) is smaller than one global batch "
                 f"({self.batch_size} x {world_size} processes)"
             )
+        self.augment_on = resolve_augment_device(a.device, self.device.type)
+        check_field_sizes(self.crops.images, d.field_crop_size)
+        check_stores(self.crops, a, d.field_crop_size)
+        if self.augment_on == "batched":
+            self.crops.native = True
+            make = RawBatch(MaskCollator.from_config(a), cfg.train.seed)
+            dtype = TRAINING_DTYPES[cfg.train.precision]
+            self.augment = DeviceAugment(BatchedMultiCrop(self.multicrop, dtype), self.device)
+        else:
+            make = CollatedBatch(self.multicrop, self.collate, cfg.train.seed)
+            self.augment = None
+        self.loader = RunLoader(
+            self.crops, make, self.batch_size, self.steps_per_epoch, self.num_workers, self.device
+        )
 
     def from_step(self, step: int) -> Iterator[dict]:
-        epoch, skip = divmod(step, self.steps_per_epoch)
-        empty = 0  # consecutive epochs that gave no batch: no crop is usable, stop instead of spinning
-        while True:
-            self.stream.set_epoch(epoch)
-            self.stream.skip_batches = skip
-            loader = DataLoader(
-                self.stream,
-                batch_size=self.batch_size,
-                collate_fn=self.collate,
-                num_workers=self.num_workers,
-                drop_last=True,
-                persistent_workers=False,
-            )
-            got = 0
-            for i, batch in enumerate(loader):
-                got += 1
-                if i >= self.steps_per_epoch:
-                    break
-                if i >= skip:
-                    if batch.get(SKIPPED):
-                        raise RuntimeError(
-                            f"batch {i} of epoch {epoch} was skipped but is needed (skip {skip})"
-                        )
-                    yield batch
-            empty = empty + 1 if got == 0 else 0
-            if empty >= MAX_EMPTY_EPOCHS:
-                raise no_usable_crops(self.crops, empty)
-            epoch, skip = epoch + 1, 0
+        """Batches from global step `step` on, from one loader that lives for the run; pass each
+        through `prepare` before the SSL step."""
+        return self.loader.from_step(step)
+
+    def prepare(self, batch: dict) -> dict:
+        """A batch from `from_step` ready for the SSL step: on the device, augmented (batched path)."""
+        batch = self.loader.ready(batch)
+        return self.augment(batch) if self.augment is not None and RAW in batch else batch

@@ -12,6 +12,7 @@ from pathlib import Path
 from cellfm.transforms import AugmentConfig
 
 from ..config import apply_overrides, from_dict, merge, read_yaml_config
+from ..data.workers import check_loader_settings
 from ..models.config import ModelConfig
 from .config_ranges import check_ranges
 
@@ -31,7 +32,7 @@ class DataConfig:
     threshold: str | float = "otsu"
     min_foreground: float = 0.1
     channels: list[str] | None = None
-    num_workers: int = 0
+    num_workers: int | str = 0  # or "auto": cellfm.data.workers.auto_num_workers decides
     on_bad_data: str = "skip"  # skip (count, record in bad_data.jsonl, summarise) | fail
     nan_policy: str = "error"  # NaN/Inf pixels: error | zero | skip
 
@@ -139,6 +140,7 @@ class SSLConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> SSLConfig:
+        check_loader_settings(self.data.num_workers, self.augment.device)
         check_ranges(self)
         p = self.model.patch_size
         crops = self.augment.crops

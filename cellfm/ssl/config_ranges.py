@@ -66,6 +66,8 @@ def check_ranges(cfg: Any) -> None:
 
     for key, (lo, hi, lo_in, hi_in) in RANGES.items():
         value = _get(cfg, key)
+        if key == "data.num_workers" and value == "auto":
+            continue  # decided later from the cores available (cellfm.data.workers)
         bad = isinstance(value, float) and not math.isfinite(value)
         bad = bad or (lo is not None and (value < lo if lo_in else value <= lo))
         bad = bad or (hi is not None and (value > hi if hi_in else value >= hi))

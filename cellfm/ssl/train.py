@@ -37,6 +37,7 @@ from .monitor import Monitor, peak_memory_mb, plot_loss_curve
 from .param_groups import param_groups
 from .run_identity import check_run, record_run
 from .schedules import Schedules, cosine_schedule, linear_then_constant, scaled_lr
+from .throughput import DataWait
 
 log = logging.getLogger("cellfm.pretrain")
 BAD_DATA_LOG = "bad_data.jsonl"
@@ -86,8 +87,9 @@ class Trainer:
         self.out = Path(out_dir)
         self.info = info or init_distributed()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.data = BatchStream(cfg, sources, self.info.rank, self.info.world_size)
+        self.data = BatchStream(cfg, sources, self.info.rank, self.info.world_size, self.info.device)
         self.data.crops.bad_data_log = str(self.out / BAD_DATA_LOG)  # skipped items, all processes
+        self.data_wait = DataWait(self.data.num_workers, self.data.augment_on)
         backbone = backbone_from_config(cfg.model)
         teacher = (
             load_frozen_teacher(cfg.distillation.teacher_checkpoint, cfg)
@@ -226,9 +228,11 @@ class Trainer:
         for module in self.meta.student.values():  # each module separately, as DINOv2 does
             torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
 
-    def train_step(self, batch: dict) -> dict[str, float]:
-        """One optimisation step on this rank's share of the global batch; returns the step's metrics."""
+    def train_step(self, batch: dict, data_wait_s: float = 0.0) -> dict[str, float]:
+        """One optimisation step on this rank's share of the global batch (a batch from
+        `self.data.from_step`, which waited `data_wait_s` for it); returns the step's metrics."""
         t0 = time.perf_counter()
+        batch = self.data.prepare(batch)  # device-side augmentation counts as compute
         batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         values = self.schedules.at(self.step)
         self._apply_schedules(values)
@@ -241,15 +245,17 @@ class Trainer:
         else:
             self.optimizer.step()
         self.meta.update_teacher(values["momentum"])
-        dt = time.perf_counter() - t0
         logs = {k: float(all_reduce_mean(v.float())) for k, v in logs.items()}
+        dt = time.perf_counter() - t0  # after the sync above: the device work is done
         global_batch = self.cfg.train.batch_size_per_device * self.info.world_size
         row = {
             "step": self.step,
             **logs,
             **{k: values[k] for k in ("lr", "wd", "momentum", "teacher_temp")},
             "step_time_s": dt,
-            "images_per_s": global_batch / dt,
+            "data_wait_s": data_wait_s,
+            "compute_s": dt,
+            "images_per_s": global_batch / (dt + data_wait_s),  # wall time, waiting included
             "peak_mem_mb": peak_memory_mb(self.info.device),
         }
         self.step += 1
@@ -281,7 +287,10 @@ class Trainer:
                 log.info("time limit reached at step %d; saving", self.step)
                 self.save()
                 break
-            last = self.train_step(next(batches))
+            waited = time.perf_counter()
+            batch = next(batches)
+            last = self.train_step(batch, time.perf_counter() - waited)
+            wait_frac = self.data_wait.update(last["data_wait_s"], last["compute_s"], self.step)
             knn_every = cfg.evaluation.knn_every
             if knn_every and self.step % knn_every == 0:
                 model = self.export_model()  # every process: FSDP gathers
@@ -289,7 +298,10 @@ class Trainer:
                     last["knn_accuracy"] = self.knn_eval(model)
             self.monitor.log(last)
             bar.set_postfix(
-                loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", img_s=f"{last['images_per_s']:.1f}"
+                loss=f"{last['loss']:.3f}",
+                lr=f"{last['lr']:.2e}",
+                img_s=f"{last['images_per_s']:.1f}",
+                data_wait=f"{wait_frac:.0%}",
             )
             bar.update(1)
             every = cfg.train.checkpoint_every
