@@ -11,5 +11,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 python3 benchmarks/gpu_check.py 2>&1 | grep -v "xFormers not available" | tee "$out/gpu_check.log"
 timeout 420 python3 benchmarks/ssl_step.py --gpu 2>&1 | grep -v "xFormers not available" | tee "$out/ssl_step_gpu.log"
+timeout 300 python3 benchmarks/data_path.py --json "$out/data_path_gpu_headline.json" 2>&1 | tee "$out/data_path_gpu.log"
 cp benchmarks/results/gpu_check.json benchmarks/results/ssl_step_gpu.json "$out/" 2>/dev/null
 exit 0

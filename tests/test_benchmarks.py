@@ -17,6 +17,7 @@ BENCHMARKS = {
     "ssl_step": "ssl_step_tiny.json",
     "transforms": "transforms_tiny.json",
     "loader": "loader_tiny.json",
+    "data_path": "data_path_tiny.json",
     "embed": "embed_tiny.json",
     "segment": "segment_tiny.json",
     "segment_strokes": "segment_strokes_tiny.json",

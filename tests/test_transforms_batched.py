@@ -41,7 +41,15 @@ def uint16_fields(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
 def test_resample_boxes_gives_resized_crop_pixels(device, mode, antialias):
     x = torch.rand(3, 2, 90, 70, generator=torch.Generator().manual_seed(1)) * 5
     boxes = torch.tensor(
-        [[5, 7, 50, 60], [0, 0, 90, 70], [30, 40, 20, 17], [10, 3, 32, 32], [1, 2, 88, 33], [60, 50, 9, 12]]
+        [
+            [5, 7, 50, 60],
+            [0, 0, 90, 70],
+            [0, 0, 80, 66],
+            [30, 40, 20, 17],
+            [10, 3, 32, 32],
+            [1, 2, 88, 33],
+            [60, 50, 9, 12],
+        ]
         * 3
     )  # shrinking, upsampling, identity size, mixed
     image = torch.arange(len(boxes)) % 3

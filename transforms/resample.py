@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .geometry import INTERPOLATIONS
+from .geometry import INTERPOLATIONS, resized_crop
 
 
 def _cubic(t: torch.Tensor, a: float) -> torch.Tensor:
@@ -89,7 +89,8 @@ def weight_matrix(
 
 
 def _resample_each(x, image, boxes, size, interpolation, antialias) -> torch.Tensor:
-    """CPU: one pair of matrix products per crop straight on its box (a view, no window copy)."""
+    """CPU: one pair of matrix products per crop straight on its box (a view, no window copy), or
+    `resized_crop` itself for boxes over 4x the output area."""
     top, left, bh, bw = boxes.unbind(-1)
     shrink = ((bh > size) | (bw > size)) & antialias
     zero = torch.zeros_like(top)
@@ -97,6 +98,9 @@ def _resample_each(x, image, boxes, size, interpolation, antialias) -> torch.Ten
     wx = weight_matrix(bw, zero, int(bw.max()), size, interpolation, shrink).transpose(1, 2)
     out = torch.empty(len(boxes), x.shape[1], size, size)
     for n, (i, y0, x0, h, w) in enumerate(zip(image.tolist(), *(v.tolist() for v in (top, left, bh, bw)))):
+        if h * w > 4 * size * size:  # strong shrink: dense matrices waste work, interpolate's kernel wins
+            out[n] = resized_crop(x[i], (y0, x0, h, w), size, interpolation, antialias)
+            continue
         torch.matmul(wy[n, :, :h], torch.matmul(x[i, :, y0 : y0 + h, x0 : x0 + w], wx[n, :w]), out=out[n])
     return out
 
