@@ -151,6 +151,10 @@ def test_explorer_and_similarity_widgets(viewer_with_nuclei, qtbot):
     assert sim.last_error is None, sim.last_error
     qtbot.wait(300)
     assert sim.computations == 1 and not sim.busy  # one map per added point, not two
+    sim.points.value.add([[2, ys[-1], xs[-1]]])
+    qtbot.waitUntil(lambda: sim.computations >= 2 and not sim.busy, timeout=TIMEOUT_MS)
+    qtbot.wait(300)
+    assert sim.computations == 2 and not sim.busy and sim.last_error is None
     smap = viewer.layers["similarity"].data
     assert smap.shape == (256, 256)
     assert smap[fg[2]].mean() > smap[~ndi.binary_dilation(fg[2], iterations=4)].mean()
@@ -236,3 +240,29 @@ def test_model_chooser_loads_a_checkpoint(make_napari_viewer, qtbot, tmp_path):
     wait(qtbot, model)
     assert model_hash(get_state(viewer).backbone) == model_hash(tiny_backbone())
     assert "patch 8" in model.status.value
+
+
+def test_bad_input_gives_clear_messages_and_keeps_strokes(make_napari_viewer, qtbot):
+    from cellfm.plugins.napari._state import get_state, tiny_backbone
+
+    viewer = make_napari_viewer()
+    get_state(viewer).set_backbone(tiny_backbone(), "tiny")
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    img[5, 5] = np.nan
+    layer = viewer.add_image(img, name="with NaN")
+    seg = dock(viewer, "Interactive segmentation")
+    seg.image.value = layer
+    small = np.zeros((32, 32), np.uint8)
+    small[:4], small[-4:] = 1, 2
+    seg.scribbles.value = viewer.add_labels(small, name="other size")
+    seg.train()
+    assert "has shape (32, 32), image needs (64, 64)" in seg.last_error
+    scrib = np.zeros((64, 64), np.uint8)
+    scrib[:8], scrib[-8:] = 1, 2
+    strokes = viewer.add_labels(scrib.copy(), name="strokes")
+    seg.scribbles.value = strokes
+    seg.train()
+    qtbot.waitUntil(lambda: seg.last_error is not None and not seg.busy, timeout=TIMEOUT_MS)
+    assert "1 NaN or infinite pixels" in seg.last_error
+    np.testing.assert_array_equal(strokes.data, scrib)
+    assert "segmentation" not in viewer.layers
