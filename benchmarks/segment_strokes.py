@@ -79,19 +79,22 @@ def images(tiny: bool) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     return out
 
 
-def make_methods(tiny: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
-    """name -> (image, strokes) -> labels (strokes' values) or a boolean foreground."""
+def backbones(tiny: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(default model, official-architecture ViT-S/14 with random weights); tiny: one tiny random ViT."""
     from cellfm.models import VisionTransformer, ViTArch, vit_small
 
     torch.manual_seed(0)
     if tiny:
-        default = VisionTransformer(ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, in_chans=1))
-        random_official = default
-    else:
-        from cellfm import load_backbone
+        model = VisionTransformer(ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, in_chans=1))
+        return model, model
+    from cellfm import load_backbone
 
-        default = load_backbone()
-        random_official = vit_small(patch_size=14, in_chans=1)  # DINOv2 ViT-S/14, random weights
+    return load_backbone(), vit_small(patch_size=14, in_chans=1)
+
+
+def make_methods(tiny: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """name -> (image, strokes) -> labels (strokes' values) or a boolean foreground."""
+    default, random_official = backbones(tiny)
 
     def seg(backbone, **kw):
         return lambda img, s: ScribbleSegmenter(backbone, **kw).fit(img, s).predict(img)
@@ -101,7 +104,13 @@ def make_methods(tiny: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.
         "otsu": lambda img, s: otsu_foreground(img),
         "filters + RF (ilastik-style)": filter_forest,
         "random ViT-S/14 + filters, RF": seg(random_official, classifier="random_forest", filters=ilastik),
-        "default model, logistic (previous default)": seg(default, classifier="logistic"),
+        "default model, logistic (previous default)": seg(
+            default,
+            classifier="logistic",
+            filters=FilterBank((1.0, 2.0, 4.0)),
+            patch_components=None,
+            select=False,
+        ),
         "default model, default segmenter": seg(default),
     }
 
@@ -126,6 +135,33 @@ def run(tiny: bool, seeds: int) -> dict:
                     "stroked_px": int((strokes > 0).sum()), "seconds": seconds,
                 })  # fmt: skip
     return {"rows": rows, "summary": summarise(rows)}
+
+
+def latency(tiny: bool) -> list[dict]:
+    """Strokes -> prediction on a size^2 image (stardist 2D tiled) once its features are cached, side by
+    side with the filter forest, which computes its filters every time (as a first fit would)."""
+    from stardist.data import test_image_nuclei_2d
+
+    from cellfm.segment import FeatureCache
+
+    img, lab = test_image_nuclei_2d(return_mask=True)
+    size = 256 if tiny else 1024
+    reps = -(-size // 512)
+    img, lab = np.tile(img, (reps, reps))[:size, :size], np.tile(lab, (reps, reps))[:size, :size]
+    seg = ScribbleSegmenter(backbones(tiny)[0], cache=FeatureCache()).fit(img, user_strokes(lab, seed=0))
+    seg.predict(img)  # features of this image are now cached, as after the first stroke in napari
+    strokes = user_strokes(lab, 10, 10, seed=1)
+    t0 = time.perf_counter()
+    seg.fit(img, strokes)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seg.predict(img)
+    t_pred = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    filter_forest(img, strokes)
+    t_rf = time.perf_counter() - t0
+    return [{"size": size, "refit_s": t_fit, "predict_s": t_pred, "strokes_to_prediction_s": t_fit + t_pred,
+             "filter_forest_s": t_rf, "ratio_to_filter_forest": (t_fit + t_pred) / t_rf}]  # fmt: skip
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -168,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(args.tiny, args.seeds or (1 if args.tiny else 2))
     print_table(result["summary"])
+    result["latency"] = latency(args.tiny)
+    for r in result["latency"]:
+        print(f"strokes -> prediction {r['size']}^2, cached features: {r['strokes_to_prediction_s']:.2f} s "
+              f"(refit {r['refit_s']:.2f}, predict {r['predict_s']:.2f}); filter forest {r['filter_forest_s']:.2f} s "
+              f"({r['ratio_to_filter_forest']:.2f}x)", flush=True)  # fmt: skip
     result.update(benchmark="segment_strokes", tiny=args.tiny, machine=machine(), threads=1)
     print(f"saved {save('segment_strokes', result, args.tiny)}")
     return 0

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from cellfm.demo import f1, scribble_strokes  # noqa: E402
+from cellfm.demo import f1  # noqa: E402
+from cellfm.segment.strokes import user_strokes  # noqa: E402
 
 F1_THRESHOLD = 0.8  # tiny random-init backbone + filters on nuclei.tif slices 28..31
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "napari_segmentation.png"
@@ -56,8 +57,8 @@ def test_segmentation_flow_on_real_nuclei(viewer_with_nuclei, qtbot):
     assert "tiny" in model.status.value
 
     seg = widgets["Interactive segmentation"]
+    assert seg.image.value is image_layer  # the only image is preselected
     seg.reset_choices()
-    seg.image.value = image_layer
     assert seg.channel_axis.choices == ("none", "0")  # a 3D stack may carry channels on axis 0
     seg.channel_axis.value = "none"
     seg.train()  # no scribble layer yet: a clear message, no crash
@@ -67,7 +68,7 @@ def test_segmentation_flow_on_real_nuclei(viewer_with_nuclei, qtbot):
     assert scrib.data.shape == fg.shape
     viewer.dims.set_current_step(0, 1)
     data = np.zeros(fg.shape, np.uint8)
-    data[1] = scribble_strokes(fg[1], 8, radius=4, erode=3)
+    data[1] = user_strokes(fg[1], seed=0)  # 8 short lines in nuclei, 8 background discs
     scrib.data = data
     seg.min_size.value = 10
     seg.probability.value = True
@@ -76,7 +77,13 @@ def test_segmentation_flow_on_real_nuclei(viewer_with_nuclei, qtbot):
     assert seg.last_error is None, seg.last_error
     out = viewer.layers["segmentation"].data
     assert out.shape == fg.shape and out[0].max() == 0  # only the shown slice so far
+    assert set(np.unique(out[1])) == {0, 2}  # background is 0 (not tinted), objects keep their value
     assert f1(out[1] == 2, fg[1]) > F1_THRESHOLD
+    np.testing.assert_array_equal(scrib.data, data)  # the user's strokes are untouched
+    unc = viewer.layers["uncertainty"].data[1]
+    assert 0 <= unc.min() and unc.max() <= 1
+    edge = ndi.binary_dilation(fg[1], iterations=2) & ~ndi.binary_erosion(fg[1], iterations=2)
+    assert unc[edge].mean() > unc[ndi.binary_erosion(fg[1], iterations=4)].mean()  # paint at the edges next
 
     seg.predict(all_slices=True)
     wait(qtbot, seg)
@@ -133,16 +140,57 @@ def test_explorer_and_similarity_widgets(viewer_with_nuclei, qtbot):
     sim.reset_choices()
     sim.image.value = image_layer
     sim.compute()
-    assert "no points" in sim.last_error
+    assert "no points" in sim.last_error  # asked for explicitly: a clear message
+    sim.last_error = None
     sim.add_points_layer()
+    assert sim.last_error is None  # a new, empty points layer is no error
     viewer.dims.set_current_step(0, 2)
     ys, xs = np.nonzero(ndi.binary_erosion(fg[2], iterations=4))
     sim.points.value.add([[2, ys[0], xs[0]]])  # adding a point triggers the update
     qtbot.waitUntil(lambda: "similarity" in viewer.layers and not sim.busy, timeout=TIMEOUT_MS)
     assert sim.last_error is None, sim.last_error
+    qtbot.wait(300)
+    assert sim.computations == 1 and not sim.busy  # one map per added point, not two
+    sim.points.value.add([[2, ys[-1], xs[-1]]])
+    qtbot.waitUntil(lambda: sim.computations >= 2 and not sim.busy, timeout=TIMEOUT_MS)
+    qtbot.wait(300)
+    assert sim.computations == 2 and not sim.busy and sim.last_error is None
     smap = viewer.layers["similarity"].data
     assert smap.shape == (256, 256)
     assert smap[fg[2]].mean() > smap[~ndi.binary_dilation(fg[2], iterations=4)].mean()
+
+
+def test_live_mode_retrains_as_strokes_are_painted(viewer_with_nuclei, qtbot):
+    from cellfm.plugins.napari._state import get_state, tiny_backbone
+
+    viewer, image_layer, fg = viewer_with_nuclei
+    get_state(viewer).set_backbone(tiny_backbone(), "tiny")
+    user_layer = viewer.add_labels(np.ones(fg.shape, np.uint8), name="segmentation")  # the user's own
+    seg = dock(viewer, "Interactive segmentation")
+    seg.image.value = image_layer
+    seg.channel_axis.value = "none"
+    seg.add_scribble_layer()
+    scrib = viewer.layers["scribbles"]
+    seg.live.value = True
+    viewer.dims.set_current_step(0, 1)
+    strokes = user_strokes(fg[1], seed=0)
+    data = np.zeros(fg.shape, np.uint8)
+    data[1] = np.where(strokes == 1, 1, 0)  # background only so far: a hint, not an error
+    scrib.data = data
+    qtbot.waitUntil(lambda: "two classes" in seg.status.value, timeout=TIMEOUT_MS)
+    assert seg.last_error is None and seg.trainings == 0
+    data = data.copy()
+    data[1] = strokes
+    scrib.data = data
+    scrib.data = data.copy()  # two edits in quick succession: one retrain (debounced)
+    qtbot.waitUntil(lambda: seg.trainings == 1 and seg._own("segmentation") is not None and not seg.busy,
+                    timeout=TIMEOUT_MS)  # fmt: skip
+    qtbot.wait(800)
+    assert seg.trainings == 1 and seg.last_error is None
+    out = seg._own("segmentation")
+    assert out is not user_layer and f1(out.data[1] == 2, fg[1]) > F1_THRESHOLD
+    np.testing.assert_array_equal(user_layer.data, 1)  # a layer of the user's is never overwritten
+    np.testing.assert_array_equal(scrib.data, data)
 
 
 def test_mismatched_channels_give_clear_message(make_napari_viewer, qtbot):
@@ -192,3 +240,29 @@ def test_model_chooser_loads_a_checkpoint(make_napari_viewer, qtbot, tmp_path):
     wait(qtbot, model)
     assert model_hash(get_state(viewer).backbone) == model_hash(tiny_backbone())
     assert "patch 8" in model.status.value
+
+
+def test_bad_input_gives_clear_messages_and_keeps_strokes(make_napari_viewer, qtbot):
+    from cellfm.plugins.napari._state import get_state, tiny_backbone
+
+    viewer = make_napari_viewer()
+    get_state(viewer).set_backbone(tiny_backbone(), "tiny")
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    img[5, 5] = np.nan
+    layer = viewer.add_image(img, name="with NaN")
+    seg = dock(viewer, "Interactive segmentation")
+    seg.image.value = layer
+    small = np.zeros((32, 32), np.uint8)
+    small[:4], small[-4:] = 1, 2
+    seg.scribbles.value = viewer.add_labels(small, name="other size")
+    seg.train()
+    assert "has shape (32, 32), image needs (64, 64)" in seg.last_error
+    scrib = np.zeros((64, 64), np.uint8)
+    scrib[:8], scrib[-8:] = 1, 2
+    strokes = viewer.add_labels(scrib.copy(), name="strokes")
+    seg.scribbles.value = strokes
+    seg.train()
+    qtbot.waitUntil(lambda: seg.last_error is not None and not seg.busy, timeout=TIMEOUT_MS)
+    assert "1 NaN or infinite pixels" in seg.last_error
+    np.testing.assert_array_equal(strokes.data, scrib)
+    assert "segmentation" not in viewer.layers

@@ -159,6 +159,7 @@ class ScribbleSegmenter:
         else:
             patch = self.projection.apply(feats.patch)
         view = ImageFeatures(patch, feats.scaled, feats.patch_size, feats.filters)
+        view.filter_rows = feats.filter_rows  # one filter stack per slice, kept across refits
         self._views = {k: v for k, v in list(self._views.items())[-1:]}
         self._views[id(feats)] = (feats, view)
         return view

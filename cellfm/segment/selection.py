@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-MAX_FOLDS = 5
-CV_TREES = 32
+MAX_FOLDS = 4
+CV_TREES = 16
 TIE = 0.005
 
 

@@ -34,7 +34,7 @@ class WorkerWidget(Container):
     def __init__(self, viewer, **kwargs):
         super().__init__(**kwargs)
         self.viewer = viewer
-        self.status = Label(value="")
+        self.status = status_label()
         self.worker = None
         self.busy = False
         self.last_error: str | None = None
@@ -44,8 +44,14 @@ class WorkerWidget(Container):
         image = image_combo(self.viewer)
         axis = ComboBox(label="channel axis", choices=lambda _widget=None: channel_axis_choices(image.value))
         image.changed.connect(lambda *_: axis.reset_choices())
-        self.viewer.layers.events.inserted.connect(self.reset_choices)
-        self.viewer.layers.events.removed.connect(self.reset_choices)
+
+        def refresh(*_):
+            self.reset_choices()
+            preselect_single(image)
+
+        self.viewer.layers.events.inserted.connect(refresh)
+        self.viewer.layers.events.removed.connect(refresh)
+        preselect_single(image)
         return image, axis
 
     def fail(self, message: str) -> None:
@@ -103,6 +109,23 @@ class WorkerWidget(Container):
         self.worker = worker
         worker.start()
         return worker
+
+
+def status_label() -> Label:
+    """A status line that wraps long messages instead of widening the dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+    return label
+
+
+def preselect_single(combo: ComboBox) -> None:
+    """Pick the only real choice of a nullable layer picker when nothing is picked yet."""
+    layers = [c for c in combo.choices if c is not None]
+    if combo.value is None and len(layers) == 1:
+        combo.value = layers[0]
 
 
 def image_combo(viewer, label: str = "image") -> ComboBox:

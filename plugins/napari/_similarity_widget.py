@@ -37,9 +37,10 @@ class SimilarityWidget(WorkerWidget):
                      self.status])  # fmt: skip
         self._pending = False
         self._watched = None
+        self.computations = 0  # finished similarity maps (tests check there is one per edit)
         self.points.changed.connect(self._watch)
         self.new_points.changed.connect(self.add_points_layer)
-        self.compute_btn.changed.connect(self.compute)
+        self.compute_btn.changed.connect(lambda: self.compute())
         self._watch()
 
     def _watch(self, *_):
@@ -57,13 +58,20 @@ class SimilarityWidget(WorkerWidget):
         layer.mode = "add"
         self.points.value = layer
 
-    def _on_points(self, *_):
+    def _on_points(self, event=None):
+        # napari announces each edit twice ("adding", then "added"): react once, to the finished edit
+        action = str(getattr(event, "action", "")).lower()
+        if action.endswith(("adding", "removing", "changing")):
+            return
         if self.busy:  # recompute once the running job ends
             self._pending = True
             return
-        self.compute()
+        self.compute(automatic=True)
 
-    def compute(self, *_) -> None:
+    def compute(self, *_, automatic: bool = False) -> None:
+        if automatic and (self.points.value is None or len(self.points.value.data) == 0):
+            self.status.value = "add points on objects to see what looks like them"
+            return
         try:
             if self.image.value is None:
                 raise ValueError("no image layer: open an image and pick it")
@@ -90,6 +98,7 @@ class SimilarityWidget(WorkerWidget):
             return similarity_map(extractor, image, pts, ax, reduce)
 
         def done(sim):
+            self.computations += 1
             if OUTPUT in self.viewer.layers and self.viewer.layers[OUTPUT].data.shape == sim.shape:
                 self.viewer.layers[OUTPUT].data = sim
             else:
@@ -99,6 +108,6 @@ class SimilarityWidget(WorkerWidget):
                                       contrast_limits=(float(sim.min()), 1.0))  # fmt: skip
             if self._pending:
                 self._pending = False
-                self.compute()
+                self.compute(automatic=True)
 
         self.run(job, done, "Similarity")
