@@ -128,3 +128,24 @@ def test_checkpoint_resumes_on_another_number_of_processes(batches, tmp_path, mo
     assert single["loss"][1:] == pytest.approx(resumed["loss"], rel=1e-4)
     for key, value in single["teacher"].items():
         assert torch.allclose(value, resumed["teacher"][key], atol=1e-5), key
+
+
+def test_fsdp_mixed_precision_policy_traffic():
+    """Counted from the collectives of one FSDP2 step on 2 processes: parameters gathered once in
+    bf16 (student kept gathered from forward to backward, teacher once per forward), backbone
+    gradients reduced in bf16 and head gradients in fp32 (benchmarks/comm.py, tiny model)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from comm import measure
+
+    r = measure(True, "bf16", False)
+    n, heads = r["n_student"], r["n_head"]
+    student, teacher = r["student"], r["teacher"]
+    assert set(student) == {
+        ("all_gather", "bfloat16"),
+        ("reduce_scatter", "bfloat16"),
+        ("reduce_scatter", "float32"),
+    }
+    assert student[("all_gather", "bfloat16")] == pytest.approx(2 * n, rel=0.01)  # + shard padding
+    assert student[("reduce_scatter", "bfloat16")] == pytest.approx(2 * (n - heads), rel=0.01)
+    assert student[("reduce_scatter", "float32")] == pytest.approx(4 * heads, rel=0.01)
+    assert teacher == {("all_gather", "bfloat16"): pytest.approx(2 * n, rel=0.01)}

@@ -97,6 +97,9 @@ class TrainConfig:
     checkpoint_every: int = 1250
     export_every: int = 0  # 0: export the backbone only with checkpoints and at the end
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)
+    # FSDP: free the student's gathered parameters after forward (gather again in backward; less
+    # memory, more traffic). Off: one all-gather per step, like DINOv2's SHARD_GRAD_OP.
+    reshard_after_forward: bool = False
     collapse_warn_entropy: float = 0.05  # fraction of log(K) under which the teacher counts as collapsed
     tensorboard: bool = True
 
@@ -120,6 +123,9 @@ class DistillConfig:
 
     enabled: bool = False
     teacher_checkpoint: str | None = None
+    # The paper distils without masking, iBOT on all patch tokens of the two global crops; true:
+    # mask the student's global crops as in self-distillation.
+    masking: bool = False
 
 
 @dataclass

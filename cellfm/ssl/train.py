@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm import tqdm
 
 from ..config import from_dict
-from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed, wrap_for_training
+from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from ..models.config import backbone_from_config
 from .batches import BatchStream
 from .checkpointing import (
@@ -33,6 +33,7 @@ from .checkpointing import (
 from .config import SSLConfig
 from .meta_arch import SSLMetaArch, _heads, trainable_backbone
 from .monitor import Monitor, peak_memory_mb, plot_loss_curve
+from .parallel import parallelize
 from .param_groups import param_groups
 from .schedules import Schedules, cosine_schedule, linear_then_constant, scaled_lr
 
@@ -95,13 +96,7 @@ class Trainer:
         self._export_copy = copy.deepcopy(backbone).cpu().eval() if self.info.is_main else None
         self.meta = SSLMetaArch(cfg, backbone, teacher).to(self.info.device)
         torch.manual_seed(cfg.train.seed + self.info.rank)  # per-rank randomness from here on
-        self.meta.runners = wrap_for_training(
-            dict(self.meta.student.items()), cfg.train.distributed, self.info
-        )
-        if cfg.train.distributed == "fsdp" and self.info.world_size > 1:
-            # Shard the EMA copy like the student so that the EMA update works shard by shard.
-            ema = self.meta.student_ema if self.meta.distilling else self.meta.teacher
-            wrap_for_training(dict(ema.items()), "fsdp", self.info, reshard_after_forward=True)
+        self.meta.runners = parallelize(self.meta, cfg, self.info)
         o = cfg.optim
         depth = self.meta.student["backbone"].n_blocks
         self.groups = param_groups(self.meta.student, depth, o.layerwise_decay, o.patch_embed_lr_mult)

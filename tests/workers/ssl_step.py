@@ -64,7 +64,7 @@ def main(batches_file: str, out_file: str, mode: str, phase: str = "all") -> Non
     teacher = full_state_dict(trainer.meta.teacher)
     student = full_state_dict(trainer.meta.student)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    optim = get_optimizer_state_dict(trainer.meta.student, trainer.optimizer, options=full)["state"]
+    optim = get_optimizer_state_dict(trainer.meta.student, trainer.optimizer, options=full).get("state", {})
     optim = {
         f"{name}.{k}": v.full_tensor() if hasattr(v, "full_tensor") else v
         for name, s in optim.items()
