@@ -52,7 +52,10 @@ def build_schedules(cfg: SSLConfig, world_size: int) -> Schedules:
     peak = scaled_lr(o.base_lr, cfg.train.batch_size_per_device * world_size, o.scaling_rule)
     warmup = min(o.warmup_epochs * ipe, total)
     lr = cosine_schedule(peak, o.min_lr, total, warmup)
-    freeze = min(o.freeze_last_layer_epochs * ipe, total - warmup)
+    # As DINOv2: the prototype layer follows the lr schedule with its first epochs zeroed (its
+    # warmup is not delayed by the freeze).
+    last_layer_lr = lr.copy()
+    last_layer_lr[: o.freeze_last_layer_epochs * ipe] = 0.0
     return Schedules(
         lr=lr,
         wd=cosine_schedule(o.weight_decay, o.weight_decay_end, total),
@@ -60,7 +63,7 @@ def build_schedules(cfg: SSLConfig, world_size: int) -> Schedules:
         teacher_temp=linear_then_constant(
             t.warmup_teacher_temp, t.teacher_temp, t.warmup_teacher_temp_epochs * ipe, total
         ),
-        last_layer_lr=cosine_schedule(peak, o.min_lr, total, warmup, freeze_iters=freeze),
+        last_layer_lr=last_layer_lr,
     )
 
 
