@@ -77,3 +77,30 @@ def test_schedules():
     assert scaled_lr(0.004, 256) == pytest.approx(0.002)
     with pytest.raises(ValueError, match="shorter than freeze"):
         cosine_schedule(1, 0, 5, warmup_iters=10)
+
+
+def test_schedules_match_the_official_scheduler():
+    """lr and last-layer lr (frozen for the first epoch, then the lr schedule itself, not a delayed
+    copy) against dinov2's CosineScheduler as dinov2.train builds them."""
+    from dinov2.utils.utils import CosineScheduler
+
+    from cellfm.ssl.config import load_ssl_config
+    from cellfm.ssl.train import build_schedules
+
+    cfg = load_ssl_config(
+        "default",
+        [
+            "train.epochs=6",
+            "train.iters_per_epoch=20",
+            "optim.warmup_epochs=2",
+            "optim.freeze_last_layer_epochs=1",
+        ],
+    )
+    ipe, total = 20, 120
+    peak = 0.004 * np.sqrt(64 / 1024)
+    lr = dict(base_value=peak, final_value=1e-6, total_iters=total, warmup_iters=2 * ipe)
+    official_last = CosineScheduler(**lr)
+    official_last.schedule[:ipe] = 0
+    ours = build_schedules(cfg, world_size=1)
+    np.testing.assert_allclose(ours.lr, CosineScheduler(**lr).schedule, rtol=1e-12)
+    np.testing.assert_allclose(ours.last_layer_lr, official_last.schedule, rtol=1e-12)

@@ -101,6 +101,12 @@ class TrainConfig:
     checkpoint_every: int = 1250
     export_every: int = 0  # 0: export the backbone only with checkpoints and at the end
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)
+    # FSDP: free the student's gathered parameters after forward (gather again in backward; less
+    # memory, more traffic). Off: one all-gather per step, like DINOv2's SHARD_GRAD_OP.
+    reshard_after_forward: bool = False
+    # auto: sharded (torch.distributed.checkpoint, DIR/checkpoints/) with several processes, one
+    # full-state DIR/checkpoint.pt with one; both resume on any number of processes.
+    checkpoint_format: str = "auto"  # auto | sharded | full
     collapse_warn_entropy: float = 0.05  # fraction of log(K) under which the teacher counts as collapsed
     tensorboard: bool = True
 
@@ -124,6 +130,9 @@ class DistillConfig:
 
     enabled: bool = False
     teacher_checkpoint: str | None = None
+    # The paper distils without masking, iBOT on all patch tokens of the two global crops; true:
+    # mask the student's global crops as in self-distillation.
+    masking: bool = False
 
 
 @dataclass
@@ -159,6 +168,10 @@ class SSLConfig:
             )
         if self.train.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.train.precision!r}")
+        if self.train.checkpoint_format not in ("auto", "sharded", "full"):
+            raise ValueError(
+                f"train.checkpoint_format must be auto, sharded or full, got {self.train.checkpoint_format!r}"
+            )
         if self.teacher.centering not in ("centering", "sinkhorn_knopp"):
             raise ValueError(
                 f"teacher.centering must be centering or sinkhorn_knopp, got {self.teacher.centering!r}"

@@ -63,6 +63,17 @@ class SSLMetaArch(nn.Module):
         self.runners: dict[str, nn.Module] = dict(self.student.items())
 
     @property
+    def student_masking(self) -> bool:
+        """iBOT masks the student's global crops; distillation (as in the DINOv2 paper) does not by
+        default and scores iBOT on every patch token of the two global crops instead."""
+        return not self.distilling or self.cfg.distillation.masking
+
+    @property
+    def mask_token_unused(self) -> bool:
+        """The student's mask token gets no gradient (DDP must then look for unused parameters)."""
+        return not self.student_masking
+
+    @property
     def output_model(self) -> nn.ModuleDict:
         """The model to export: the teacher (self-distillation) or the student's EMA (distillation)."""
         return self.student_ema if self.distilling else self.teacher
@@ -96,6 +107,9 @@ class SSLMetaArch(nn.Module):
         cfg = self.cfg
         glob, local = batch["collated_global_crops"], batch["collated_local_crops"]
         masks = batch["collated_masks"].to(glob.device)
+        if not self.student_masking:  # every patch token of the global crops is scored, none masked
+            masks = torch.ones_like(masks)
+        student_masks = masks if self.student_masking else None
         n_global = 2
         n_local = local.shape[0] // (glob.shape[0] // n_global) if local.numel() else 0
         idx = masks.flatten().nonzero().flatten()
@@ -106,9 +120,9 @@ class SSLMetaArch(nn.Module):
             backbone = self.runners["backbone"]
             pack = cfg.train.pack_crops if cfg.train.pack_crops is not None else glob.is_cuda
             if n_local:  # one call per step (DDP / FSDP hooks), packed or not
-                s_glob, s_loc = backbone([glob, local], [masks, None], is_training=True, pack=pack)
+                s_glob, s_loc = backbone([glob, local], [student_masks, None], is_training=True, pack=pack)
             else:
-                s_glob, s_loc = backbone(glob, masks, is_training=True), None
+                s_glob, s_loc = backbone(glob, student_masks, is_training=True), None
             g_cls = s_glob["x_norm_clstoken"]
             l_cls = s_loc["x_norm_clstoken"] if n_local else None
             s_masked = s_glob["x_norm_patchtokens"].flatten(0, 1)[idx]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
@@ -21,22 +22,29 @@ from tqdm import tqdm
 
 from ..config import from_dict
 from ..data.checked_read import summarize
-from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed, wrap_for_training
+from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from ..locking import exclusive
 from ..models.config import backbone_from_config
 from .batches import BatchStream
 from .checkpointing import (
     export_backbone,
-    full_state_dict,
     load_training_state,
     save_training_state,
 )
 from .config import SSLConfig
 from .meta_arch import SSLMetaArch, _heads, trainable_backbone
 from .monitor import Monitor, peak_memory_mb, plot_loss_curve
+from .parallel import parallelize
 from .param_groups import param_groups
 from .run_identity import check_run, record_run
 from .schedules import Schedules, cosine_schedule, linear_then_constant, scaled_lr
+from .sharded_checkpoint import (
+    latest_sharded,
+    load_module_from_sharded,
+    load_sharded,
+    read_info,
+    save_sharded,
+)
 from .throughput import DataWait
 
 log = logging.getLogger("cellfm.pretrain")
@@ -48,7 +56,10 @@ def build_schedules(cfg: SSLConfig, world_size: int) -> Schedules:
     peak = scaled_lr(o.base_lr, cfg.train.batch_size_per_device * world_size, o.scaling_rule)
     warmup = min(o.warmup_epochs * ipe, total)
     lr = cosine_schedule(peak, o.min_lr, total, warmup)
-    freeze = min(o.freeze_last_layer_epochs * ipe, total - warmup)
+    # As DINOv2: the prototype layer follows the lr schedule with its first epochs zeroed (its
+    # warmup is not delayed by the freeze).
+    last_layer_lr = lr.copy()
+    last_layer_lr[: o.freeze_last_layer_epochs * ipe] = 0.0
     return Schedules(
         lr=lr,
         wd=cosine_schedule(o.weight_decay, o.weight_decay_end, total),
@@ -56,17 +67,21 @@ def build_schedules(cfg: SSLConfig, world_size: int) -> Schedules:
         teacher_temp=linear_then_constant(
             t.warmup_teacher_temp, t.teacher_temp, t.warmup_teacher_temp_epochs * ipe, total
         ),
-        last_layer_lr=cosine_schedule(peak, o.min_lr, total, warmup, freeze_iters=freeze),
+        last_layer_lr=last_layer_lr,
     )
 
 
 def load_frozen_teacher(path: str | Path, cfg: SSLConfig) -> nn.ModuleDict:
     """Backbone + heads of a finished cellfm run (its checkpoint.pt), frozen, for distillation."""
     path = Path(path)
+    sharded = latest_sharded(path) if path.is_dir() else None
     ckpt_file = path / "checkpoint.pt" if path.is_dir() else path
-    state = load_training_state(ckpt_file.parent) if ckpt_file.name == "checkpoint.pt" else None
+    if sharded is not None:
+        state = {"config": read_info(sharded)["config"]}
+    else:
+        state = load_training_state(ckpt_file.parent) if ckpt_file.name == "checkpoint.pt" else None
     if state is None:
-        raise FileNotFoundError(f"distillation teacher: no cellfm checkpoint.pt at {path}")
+        raise FileNotFoundError(f"distillation teacher: no cellfm checkpoint.pt or checkpoints/ at {path}")
     t_cfg = from_dict(SSLConfig, state["config"])
     if t_cfg.dino.head.n_prototypes != cfg.dino.head.n_prototypes:
         raise ValueError(
@@ -76,6 +91,9 @@ def load_frozen_teacher(path: str | Path, cfg: SSLConfig) -> nn.ModuleDict:
     backbone = trainable_backbone(backbone_from_config(replace(t_cfg.model, pretrained=None)))
     teacher = nn.ModuleDict({"backbone": backbone, **_heads(t_cfg, backbone.embed_dim)})
     prefix = "student_ema." if t_cfg.distillation.enabled else "teacher."
+    if sharded is not None:  # each process reads the whole teacher before it is sharded
+        load_module_from_sharded(sharded, teacher, prefix)
+        return teacher.eval()
     sd = {k[len(prefix) :]: v for k, v in state["meta"].items() if k.startswith(prefix)}
     teacher.load_state_dict(sd, strict=True)
     return teacher.eval()
@@ -101,13 +119,7 @@ class Trainer:
         self._export_copy = copy.deepcopy(backbone).cpu().eval() if self.info.is_main else None
         self.meta = SSLMetaArch(cfg, backbone, teacher).to(self.info.device)
         torch.manual_seed(cfg.train.seed + self.info.rank)  # per-rank randomness from here on
-        self.meta.runners = wrap_for_training(
-            dict(self.meta.student.items()), cfg.train.distributed, self.info
-        )
-        if cfg.train.distributed == "fsdp" and self.info.world_size > 1:
-            # Shard the EMA copy like the student so that the EMA update works shard by shard.
-            ema = self.meta.student_ema if self.meta.distilling else self.meta.teacher
-            wrap_for_training(dict(ema.items()), "fsdp", self.info, reshard_after_forward=True)
+        self.meta.runners = parallelize(self.meta, cfg, self.info)
         o = cfg.optim
         depth = self.meta.student["backbone"].n_blocks
         self.groups = param_groups(self.meta.student, depth, o.layerwise_decay, o.patch_embed_lr_mult)
@@ -133,23 +145,59 @@ class Trainer:
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return {
             "step": self.step,
-            "meta": full_state_dict(self.meta),
+            "meta": get_model_state_dict(self.meta, options=full),  # on the main process only
             "optimizer": get_optimizer_state_dict(self.meta.student, self.optimizer, options=full),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": torch.get_rng_state(),
             "config": asdict(self.cfg),
         }
 
-    def resume(self) -> bool:
-        state = load_training_state(self.out)
-        if state is None:
-            return False
-        saved = from_dict(SSLConfig, state["config"])
+    @property
+    def sharded_checkpoints(self) -> bool:
+        fmt = self.cfg.train.checkpoint_format
+        return fmt == "sharded" or (fmt == "auto" and self.info.world_size > 1)
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """This process's shards of the model and optimizer state (DTensors under FSDP2)."""
+        return {
+            "meta": get_model_state_dict(self.meta),
+            "optimizer": get_optimizer_state_dict(self.meta.student, self.optimizer),
+            "rng": torch.get_rng_state(),
+        }
+
+    def _check_model(self, saved_config: dict) -> None:
+        saved = from_dict(SSLConfig, saved_config)
         if saved.model != self.cfg.model:
             raise ValueError(
                 f"{self.out}: the checkpoint was trained with model {saved.model}, the config asks for "
                 f"{self.cfg.model}; use another --output or the same config"
             )
+
+    def _resume_sharded(self, path: Path) -> None:
+        info = read_info(path)
+        self._check_model(info["config"])
+        state = load_sharded(path, self._sharded_state())
+        set_model_state_dict(self.meta, state["meta"])
+        set_optimizer_state_dict(self.meta.student, self.optimizer, state["optimizer"])
+        if self.scaler and info.get("scaler"):
+            self.scaler.load_state_dict(info["scaler"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(info["step"])
+
+    def resume(self) -> bool:
+        """Resume from the newer of DIR/checkpoints/latest (sharded) and DIR/checkpoint.pt (full)."""
+        sharded, full_file = latest_sharded(self.out), self.out / "checkpoint.pt"
+        if sharded is not None and (
+            not full_file.is_file() or (sharded / "cellfm.json").stat().st_mtime >= full_file.stat().st_mtime
+        ):
+            self._resume_sharded(sharded)
+            self.monitor.truncate_after(self.step)
+            log.info("resumed %s at step %d (sharded checkpoint %s)", self.out, self.step, sharded.name)
+            return True
+        state = load_training_state(self.out)
+        if state is None:
+            return False
+        self._check_model(state["config"])
         full = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.meta, state["meta"], options=full)  # shards the tensors under FSDP
         optim = state["optimizer"]
@@ -167,9 +215,15 @@ class Trainer:
 
     def save(self) -> None:
         """Checkpoint and export; every process calls it (the weights may be sharded over them)."""
-        state = self.state()
-        if self.info.is_main:
-            save_training_state(self.out, state)
+        if self.sharded_checkpoints:
+            self.meta.dino_loss.centering.apply_update()
+            self.meta.ibot_loss.centering.apply_update()
+            info = {"config": asdict(self.cfg), "scaler": self.scaler.state_dict() if self.scaler else None}
+            save_sharded(self.out, self._sharded_state(), self.step, info, self.info.is_main)
+        else:
+            state = self.state()
+            if self.info.is_main:
+                save_training_state(self.out, state)
         self.export()
         barrier()
 
@@ -177,7 +231,9 @@ class Trainer:
         """A plain copy of the output backbone (teacher, or student EMA when distilling) in its
         channel-strategy wrapper, on the main process (None on the others). Every process calls it:
         under FSDP the weights are gathered from all of them."""
-        sd = full_state_dict(self.meta.output_model["backbone"])
+        # Gathered tensor by tensor onto the main process only (CPU); the others hold nothing.
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sd = get_model_state_dict(self.meta.output_model["backbone"], options=full)
         if self._export_copy is None:
             return None
         trainable_backbone(self._export_copy).load_state_dict(sd)

@@ -33,7 +33,7 @@ def shard(batch: dict, rank: int, world: int) -> dict:
     }
 
 
-def main(batches_file: str, out_file: str, mode: str, phase: str = "all") -> None:
+def main(batches_file: str, out_file: str, mode: str, phase: str = "all", extra: str = "") -> None:
     """phase "all": every batch; "first": the first batch, then a checkpoint (+ exports) in the
     output folder; "rest": resume from the checkpoint in the output folder, then the other batches."""
     from cellfm.distributed import barrier, init_distributed
@@ -42,10 +42,14 @@ def main(batches_file: str, out_file: str, mode: str, phase: str = "all") -> Non
 
     info = init_distributed("cpu")
     saved = torch.load(batches_file, weights_only=True)
-    overrides = saved["overrides"] + [
-        f"train.batch_size_per_device={saved['global_batch'] // info.world_size}",
-        f"train.distributed={mode}",
-    ]
+    overrides = (
+        saved["overrides"]
+        + [
+            f"train.batch_size_per_device={saved['global_batch'] // info.world_size}",
+            f"train.distributed={mode}",
+        ]
+        + [o for o in extra.split(";") if o]
+    )
     cfg = load_ssl_config("cpu_tiny", overrides)
     trainer = Trainer(cfg, [saved["plate"]], os.path.dirname(out_file), info)
     todo = saved["batches"]
@@ -64,7 +68,7 @@ def main(batches_file: str, out_file: str, mode: str, phase: str = "all") -> Non
     teacher = full_state_dict(trainer.meta.teacher)
     student = full_state_dict(trainer.meta.student)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    optim = get_optimizer_state_dict(trainer.meta.student, trainer.optimizer, options=full)["state"]
+    optim = get_optimizer_state_dict(trainer.meta.student, trainer.optimizer, options=full).get("state", {})
     optim = {
         f"{name}.{k}": v.full_tensor() if hasattr(v, "full_tensor") else v
         for name, s in optim.items()
@@ -81,4 +85,4 @@ def main(batches_file: str, out_file: str, mode: str, phase: str = "all") -> Non
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])
