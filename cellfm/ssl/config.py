@@ -31,6 +31,8 @@ class DataConfig:
     min_foreground: float = 0.1
     channels: list[str] | None = None
     num_workers: int = 0
+    curation: str | None = None  # a `cellfm curate` folder: sample kept fields / tiles with its weights
+    curation_sha256: str | None = None  # filled in when resolved; a mismatch with the file is an error
 
 
 @dataclass
