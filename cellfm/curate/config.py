@@ -16,6 +16,7 @@ class QCThresholds:
 
     min_foreground: float = 0.005  # fraction above the Otsu cut of the percentile-scaled image
     min_contrast: float = 0.05  # smoothed std, as a fraction of the collection's median
+    min_snr: float = 0.5  # smoothed std / robust pixel-noise sigma (pure noise 0.11, real crops >= 1.27)
     min_focus: float = 0.002  # Laplacian variance / variance of the percentile-scaled image
     max_saturated: float = 0.05  # fraction of pixels at the integer dtype's maximum
     min_std: float = 0.0  # a window with std <= this (raw units) is constant: invalid

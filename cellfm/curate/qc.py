@@ -6,7 +6,7 @@ import numpy as np
 
 from .config import QCThresholds
 
-MEASURES = ("foreground", "contrast", "focus", "saturated", "std")
+MEASURES = ("foreground", "contrast", "snr", "focus", "saturated", "std")
 
 
 def _scaled(plane: np.ndarray) -> np.ndarray:
@@ -27,8 +27,9 @@ def focus_measure(plane: np.ndarray) -> float:
 
 def measure(window: np.ndarray) -> dict[str, float]:
     """QC measures of one (C, h, w) window. A window is in focus / has foreground if any channel has;
-    saturation is the worst channel's. `contrast` (std of the lightly smoothed plane, raw units) is judged
-    against the collection's median by `reasons` (pure noise of any amplitude has little of it)."""
+    saturation is the worst channel's. `contrast` (std of the smoothed plane, raw units) is judged
+    against the collection's median by `reasons`, `snr` (contrast / pixel-noise sigma) absolutely: pure
+    noise of any amplitude has an snr of about 0.2."""
     from scipy import ndimage
 
     from cellfm.data.sampler import otsu_threshold
@@ -36,7 +37,7 @@ def measure(window: np.ndarray) -> dict[str, float]:
     arr = np.asarray(window)
     nan = float("nan")
     if arr.size == 0 or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
-        return {"foreground": 0.0, "contrast": 0.0, "focus": 0.0, "saturated": 0.0, "std": nan}
+        return {"foreground": 0.0, "contrast": 0.0, "snr": 0.0, "focus": 0.0, "saturated": 0.0, "std": nan}
     top = float(np.iinfo(arr.dtype).max) if arr.dtype.kind in "ui" else None
     out = dict.fromkeys(MEASURES, 0.0)
     for plane in arr.astype(np.float64):
@@ -47,7 +48,11 @@ def measure(window: np.ndarray) -> dict[str, float]:
         out["saturated"] = max(out["saturated"], float((plane >= ceiling).mean()) if top is not None else 0.0)
         s = _scaled(plane)
         out["foreground"] = max(out["foreground"], float((s > otsu_threshold(s)).mean()))
-        out["contrast"] = max(out["contrast"], float(ndimage.gaussian_filter(plane, 2.0).std()))
+        contrast = float(ndimage.gaussian_filter(plane, 2.0).std())
+        resid = plane - ndimage.gaussian_filter(plane, 1.0)
+        noise = float(np.median(np.abs(resid - np.median(resid)))) / 0.6745  # robust pixel-noise sigma
+        out["contrast"] = max(out["contrast"], contrast)
+        out["snr"] = max(out["snr"], contrast / max(noise, 1e-12))
         out["focus"] = max(out["focus"], focus_measure(plane))
     return out
 
@@ -60,7 +65,7 @@ def reasons(measures: dict[str, np.ndarray], t: QCThresholds) -> np.ndarray:
     invalid = ~np.isfinite(m["std"]) | (m["std"] <= t.min_std)
     valid_contrast = m["contrast"][~invalid]
     ref = float(np.median(valid_contrast)) if len(valid_contrast) else 0.0
-    empty = (m["foreground"] < t.min_foreground) | (m["contrast"] < t.min_contrast * ref)
+    empty = (m["foreground"] < t.min_foreground) | (m["contrast"] < t.min_contrast * ref) | (m["snr"] < t.min_snr)
     checks = [("out_of_focus", m["focus"] < t.min_focus), ("empty", empty),
               ("saturated", m["saturated"] > t.max_saturated), ("invalid", invalid)]  # fmt: skip
     for name, bad in checks:  # last assignment wins: invalid > saturated > empty > out_of_focus
