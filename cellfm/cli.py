@@ -9,7 +9,8 @@ import logging
 import sys
 
 # One module per subcommand, in the order `cellfm --help` lists them.
-COMMANDS = ("info", "inspect", "convert", "pretrain", "embed", "curate", "search", "analyze", "eval", "demo", "bench")
+COMMANDS = ("info", "inspect", "convert", "pretrain", "embed", "curate", "search", "analyze", "eval", "demo",
+            "bench")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "loader": "loader_tiny.json",
     "embed": "embed_tiny.json",
     "segment": "segment_tiny.json",
+    "curate": "curate_tiny.json",
 }
 
 

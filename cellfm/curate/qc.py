@@ -65,7 +65,9 @@ def reasons(measures: dict[str, np.ndarray], t: QCThresholds) -> np.ndarray:
     invalid = ~np.isfinite(m["std"]) | (m["std"] <= t.min_std)
     valid_contrast = m["contrast"][~invalid]
     ref = float(np.median(valid_contrast)) if len(valid_contrast) else 0.0
-    empty = (m["foreground"] < t.min_foreground) | (m["contrast"] < t.min_contrast * ref) | (m["snr"] < t.min_snr)
+    empty = (
+        (m["foreground"] < t.min_foreground) | (m["contrast"] < t.min_contrast * ref) | (m["snr"] < t.min_snr)
+    )
     checks = [("out_of_focus", m["focus"] < t.min_focus), ("empty", empty),
               ("saturated", m["saturated"] > t.max_saturated), ("invalid", invalid)]  # fmt: skip
     for name, bad in checks:  # last assignment wins: invalid > saturated > empty > out_of_focus
