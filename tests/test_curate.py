@@ -225,3 +225,33 @@ def test_duplicate_groups_and_balanced_weights():
     assert np.isclose(w[leaf == 3].sum(), 10) and np.isclose(w[leaf < 3].sum(), 10)
     assert np.isclose(w[leaf == 0].sum(), w[leaf == 1].sum())
     assert len(cap_rows(np.arange(10) < 6, np.ones(10, bool), 0.2)) == 5  # 6 controls, 4 others -> 1 left
+
+
+def test_tile_level_curation_keeps_crops_inside_kept_tiles(tmp_path):
+    from cellfm.data import CropDataset
+    from tests.curate_plate import distinct_crops
+
+    rng = np.random.default_rng(0)
+    crops = distinct_crops()[:4]
+    images = []
+    for img in crops:  # right half flat + noise: its tiles are empty
+        img = img.copy()
+        img[:, 64:] = 300 + rng.integers(0, 3, (128, 64))
+        images.append(img)
+    store = _plate(tmp_path / "half.ome.zarr", images)
+    table = curate(store, tmp_path / "cur", level="tile", tile_size=64)
+    assert len(table) == 16 and (table["tile"] >= 0).all()
+    right = table["x"] >= 64
+    assert (table.loc[right, "reason"] == "empty").all() and table.loc[~right, "keep"].any()
+    kept = table[table["keep"]]
+    for foreground in (False, True):
+        ds = CropDataset([store], crop_size=32, crops_per_epoch=48, crops_per_field=4, foreground=foreground,
+                         min_foreground=0.0, curation=str(tmp_path / "cur"))  # fmt: skip
+        seen = 0
+        for _, meta in ds:
+            mine = kept[kept["source"] == meta["source"]]
+            inside = (mine["y"] <= meta["y"]) & (meta["y"] + 32 <= mine["y"] + mine["height"])
+            inside &= (mine["x"] <= meta["x"]) & (meta["x"] + 32 <= mine["x"] + mine["width"])
+            assert inside.any(), (foreground, meta)
+            seen += 1
+        assert seen == 48
