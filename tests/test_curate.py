@@ -195,6 +195,10 @@ def test_bad_input_empty_store_and_all_fields_failing_qc(tmp_path, capsys):
         curate(flat, tmp_path / "o2")
     assert not (tmp_path / "o2" / "curation.parquet").exists()
     assert not list((tmp_path / "o2").glob("curation.*")) and not (tmp_path / "o2" / "report.md").exists()
+    # The embedding is kept: a rerun with relaxed thresholds reuses it and succeeds.
+    assert (tmp_path / "o2" / ".work" / "embedding.h5ad").is_file()
+    relaxed = QCThresholds(min_foreground=0, min_contrast=0, min_snr=0, min_focus=0)
+    assert curate(flat, tmp_path / "o2", qc=relaxed)["reason"].isin(["ok"]).any()
 
 
 def test_qc_measures_and_reasons():

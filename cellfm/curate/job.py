@@ -4,6 +4,7 @@ write the curation folder (table, AnnData, index, report) only once everything h
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from cellfm.atomic import atomic_write
+from cellfm.atomic import atomic_write, atomic_write_text
 
 from . import qc
 from .config import CurateConfig
@@ -44,7 +45,6 @@ def row_windows(
     """(source, tile, y, x, height, width) of every embedded row in the image's level pixels."""
     from cellfm.embed.tiling import tile_grid
 
-    frames = []
     obs = adata.obs
     sources = obs["source"].astype(str).to_numpy()
     tiles = obs["tile"].to_numpy() if "tile" in obs else np.full(len(obs), -1)
@@ -115,7 +115,16 @@ def _embed(stores, out, model, cfg, metadata, workers, client, progress) -> tupl
 
     work = out / WORK
     emb, patches = work / "embedding.h5ad", work / "patches.zarr"
-    if not emb.exists():  # an earlier run that failed after embedding reuses its embedding
+    job = json.dumps({"stores": stores, "level": cfg.level, "tile_size": cfg.tile_size, "overlap": cfg.overlap,
+                      "metadata": str(metadata),
+                      "model": str(model) if not isinstance(model, nn.Module) else None})  # fmt: skip
+    sig = work / "curate_job.json"
+    if emb.exists() and (isinstance(model, nn.Module) or not sig.is_file() or sig.read_text() != job):
+        log.info("%s was embedded by another job; embedding again", emb)
+        emb.unlink()
+        shutil.rmtree(patches, ignore_errors=True)
+    if not emb.exists():  # an earlier run that failed after embedding (e.g. QC) reuses its embedding
+        atomic_write_text(sig, job)
         run_embed(stores, model, emb, patch_features=patches, metadata=metadata, workers=workers,
                   client=client, progress=progress, level=cfg.level, tile_size=cfg.tile_size,
                   overlap=cfg.overlap, batch_size=cfg.batch_size, device=cfg.device)  # fmt: skip
