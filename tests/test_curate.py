@@ -259,3 +259,24 @@ def test_tile_level_curation_keeps_crops_inside_kept_tiles(tmp_path):
             assert inside.any(), (foreground, meta)
             seen += 1
         assert seen == 48
+
+
+def test_control_wells_are_capped(tmp_path):
+    from tests.curate_plate import distinct_crops
+
+    crops = distinct_crops()[:10]
+    store = _plate(tmp_path / "ctrl.ome.zarr", crops)
+    treatments = ["DMSO"] * 7 + ["drug"] * 3
+    meta = tmp_path / "wells.csv"
+    meta.write_text("well,treatment\n" + "".join(f"A{i + 1},{t}\n" for i, t in enumerate(treatments)))
+    out = tmp_path / "cur"
+    argv = ["curate", store, "-o", str(out), "--metadata", str(meta), "--controls", "treatment=DMSO",
+            "--max-control-fraction", "0.5", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    table = read_table(out)
+    control = table["well"].isin([f"A{i + 1}" for i in range(7)])
+    kept = table["keep"]
+    assert (table.loc[kept & control].shape[0]) <= 0.5 * kept.sum()
+    assert (table.loc[control & ~kept, "reason"] == "cap").sum() >= 1
+    assert main(["curate", store, "-o", str(tmp_path / "c2"), "--controls", "nope=1", "--max-control-fraction",
+                 "0.5", "--no-progress"]) == 1  # fmt: skip
