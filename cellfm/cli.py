@@ -15,6 +15,8 @@ COMMANDS = (
     "convert",
     "pretrain",
     "embed",
+    "curate",
+    "search",
     "analyze",
     "export_profiles",
     "eval",

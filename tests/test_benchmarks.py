@@ -22,6 +22,7 @@ BENCHMARKS = {
     "embed": "embed_tiny.json",
     "segment": "segment_tiny.json",
     "segment_strokes": "segment_strokes_tiny.json",
+    "curate": "curate_tiny.json",
 }
 
 

@@ -85,6 +85,8 @@ class CropDataset(IterableDataset):
         storage_options: dict | None = None,
         on_bad_data: str = "skip",
         nan_policy: str = "error",
+        curation: str | None = None,
+        curation_sha256: str | None = None,
     ) -> None:
         super().__init__()
         check_policy(on_bad_data, nan_policy)
@@ -96,6 +98,12 @@ class CropDataset(IterableDataset):
                                                                      storage_options=storage_options)  # fmt: skip
         if not images:
             raise ValueError(f"no fields found in {sources}")
+        self.curation = None
+        if curation is not None:  # `cellfm curate` output: only kept fields / tiles, with its weights
+            from cellfm.curate.sampling import Curation
+
+            self.curation = Curation.load(curation, images, curation_sha256)
+            images = self.curation.images
         self.images = images
         self.channels = match_channels(images, channels)
         self.crop, self.crops_per_epoch, self.crops_per_field = (
@@ -104,6 +112,8 @@ class CropDataset(IterableDataset):
             max(1, crops_per_field),
         )
         self.weights = field_weights(images, weighting, plate_weights)
+        if self.curation is not None:
+            self.weights = self.curation.weights
         self.foreground, self.threshold, self.min_foreground = foreground, threshold, min_foreground
         self.mask_max_size = mask_max_size
         self.stats = stats.select(self.channels) if stats is not None else None
@@ -201,6 +211,10 @@ class CropDataset(IterableDataset):
                     mask, scale, self.crop, (h, w), self.min_foreground
                 )
                 self._scale[i] = scale
+            if self.curation is not None:
+                self._positions[i], self._scale[i] = self.curation.restrict(
+                    i, self._positions[i], self._scale.get(i, 1.0), self.crop
+                )
         return self._positions[i]
 
     def _pick_field(self, i: int, rng: np.random.Generator) -> int | None:

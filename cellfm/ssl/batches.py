@@ -73,7 +73,11 @@ class BatchStream:
             seed=cfg.train.seed,
             rank=rank,
             world_size=world_size,
+            curation=d.curation,
+            curation_sha256=d.curation_sha256,
         )
+        if self.crops.curation is not None:  # the resolved config records which curation was used
+            d.curation_sha256 = self.crops.curation.sha256
         self.channels = list(self.crops.channels)
         self.multicrop = MultiCrop.from_config(a)
         self.collate = SeededCollate(MaskCollator.from_config(a), cfg.train.seed)

@@ -35,6 +35,8 @@ class DataConfig:
     num_workers: int | str = 0  # or "auto": cellfm.data.workers.auto_num_workers decides
     on_bad_data: str = "skip"  # skip (count, record in bad_data.jsonl, summarise) | fail
     nan_policy: str = "error"  # NaN/Inf pixels: error | zero | skip
+    curation: str | None = None  # a `cellfm curate` folder: sample kept fields / tiles with its weights
+    curation_sha256: str | None = None  # filled in when resolved; a mismatch with the file is an error
 
 
 @dataclass

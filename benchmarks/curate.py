@@ -1,0 +1,111 @@
+"""Curation at scale on a synthetic plate (tiny model): embedding rows/s of the tile-level embedding that
+`cellfm curate` runs, then duplicate search and hierarchical k-means time and peak memory as the number of
+tiles doubles (rows beyond the embedded ones are the embedded features plus noise).
+
+python benchmarks/curate.py          # embed 2,560 and 5,120 tiles; dedup / k-means 5k to 40k tiles
+python benchmarks/curate.py --tiny   # CI smoke: 128 / 256 tiles embedded, 500 / 1,000 rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import PeakRSS, machine, save, table  # noqa: E402
+
+from cellfm.checkpoints import save_backbone  # noqa: E402
+from cellfm.data.writer import create_plate, write_image  # noqa: E402
+from cellfm.models import VisionTransformer, ViTArch  # noqa: E402
+
+TILE = 64
+
+
+def synthetic_plate(path: Path, fields: int, size: int, seed: int = 0) -> str:
+    """Fields of blurred random blobs plus noise (uint16), one per well."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    wells = {f"{chr(65 + i // 24)}/{i % 24 + 1}": ["0"] for i in range(fields)}
+    root = create_plate(str(path), "synthetic", wells, "0.4", mode="w")
+    for well in wells:
+        img = ndimage.gaussian_filter((rng.random((size, size)) > 0.995).astype(np.float32), 3) * 4e5
+        img = np.clip(img + rng.normal(200, 20, img.shape), 0, 65535).astype(np.uint16)
+        write_image(root[well].require_group("0"), img[None], ["DNA"], "0.4", chunk=size, min_level_size=size)
+    return str(path)
+
+
+def tiny_model(path: Path) -> str:
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=TILE, in_chans=1)
+    )
+    return str(save_backbone(model, path, channel_names=["DNA"]))
+
+
+def embed_case(tmp: Path, model: str, fields: int, size: int) -> tuple[dict, np.ndarray]:
+    import anndata as ad
+
+    from cellfm.embed import run_embed
+
+    store = synthetic_plate(tmp / f"plate{fields}.ome.zarr", fields, size)
+    out = tmp / f"emb{fields}.h5ad"
+    start = time.perf_counter()
+    run_embed(store, model, out, level="tile", tile_size=TILE, overlap=0, batch_size=64)
+    seconds = time.perf_counter() - start
+    X = np.asarray(ad.read_h5ad(out).X)
+    return {"tiles": len(X), "embed_s": seconds, "rows_per_s": len(X) / seconds}, X
+
+
+def index_case(base: np.ndarray, n: int) -> dict:
+    from cellfm.curate.dedup import duplicate_groups
+    from cellfm.curate.kmeans import default_levels, hierarchical_kmeans
+    from cellfm.curate.rebalance import balanced_weights
+
+    rng = np.random.default_rng(n)
+    x = base[rng.integers(0, len(base), n)] + rng.normal(0, 0.05, (n, base.shape[1])).astype(np.float32)
+    with PeakRSS() as mem_dedup:
+        start = time.perf_counter()
+        duplicate_groups(x, 0.99, 16)
+        dedup_s = time.perf_counter() - start
+    with PeakRSS() as mem_km:
+        start = time.perf_counter()
+        hier = hierarchical_kmeans(x, default_levels(n), iters=10, resample_steps=2)
+        balanced_weights(hier, n / 2)
+        kmeans_s = time.perf_counter() - start
+    return {"rows": n, "dedup_s": dedup_s, "dedup_peak_mb": mem_dedup.delta_mb, "kmeans_s": kmeans_s,
+            "kmeans_peak_mb": mem_km.delta_mb, "input_mb": x.nbytes / 2**20}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    size = 256 if args.tiny else 512  # 16 or 64 tiles of 64 px per field
+    embed_fields = (8, 16) if args.tiny else (40, 80)
+    rows = (500, 1000) if args.tiny else (5000, 10000, 20000, 40000)
+    with tempfile.TemporaryDirectory(prefix="cellfm-bench-curate-") as tmp:
+        tmp = Path(tmp)
+        model = tiny_model(tmp / "tiny.safetensors")
+        embed_rows, base = [], None
+        for n in embed_fields:
+            row, base = embed_case(tmp, model, n, size)
+            embed_rows.append(row)
+    print("tile embedding (tiny ViT, 64 px tiles, 2 threads; shared machine: compare rows, not runs)")
+    print(table(embed_rows, ["tiles", "embed_s", "rows_per_s"]))
+    index_rows = [index_case(base, n) for n in rows]
+    print("\nduplicate search (faiss, exact up to 20k rows, HNSW above) and hierarchical k-means")
+    print(table(index_rows, ["rows", "dedup_s", "dedup_peak_mb", "kmeans_s", "kmeans_peak_mb", "input_mb"]))
+    path = save("curate", {"machine": machine(), "embed": embed_rows, "index": index_rows}, args.tiny)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Search by example: the k fields / tiles / cells of an embedded store most similar to a query image.
+
+The query is embedded exactly as the store was (same model, channels, tiling and normalisation: it goes
+through `cellfm.embed` as a one-field plate) under the 8 rotations / flips of the square, and each row
+scores its best cosine over them, so a rotated or mirrored copy of a field finds that field."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .dedup import build_index, normalise
+from .table import ANNDATA, INDEX
+
+RESULT_COLUMNS = ("rank", "score", "id", "source", "plate", "well", "field", "y", "x")
+
+
+def load_embedding(index_or_dir: str | os.PathLike):
+    """(AnnData, faiss index or None) of a `cellfm curate` folder or a `cellfm embed` .h5ad / .zarr."""
+    import anndata as ad
+    import faiss
+
+    path = Path(index_or_dir)
+    if path.is_dir() and (path / ANNDATA).is_file():
+        adata = ad.read_h5ad(path / ANNDATA)
+        index = faiss.read_index(str(path / INDEX)) if (path / INDEX).is_file() else None
+        return adata, index
+    if str(path).endswith(".h5ad") and path.is_file():
+        return ad.read_h5ad(path), None
+    if str(path).rstrip("/").endswith(".zarr") and path.is_dir():
+        return ad.read_zarr(path), None
+    raise FileNotFoundError(f"{path}: expected a `cellfm curate` folder (with {ANNDATA}) or a `cellfm embed` "
+                            ".h5ad / .zarr output")  # fmt: skip
+
+
+def read_query(query: Any, at: tuple[float, float] | None = None, crop: int | None = None) -> np.ndarray:
+    """A (C, H, W) query from an array or an image file (.npy, .tif, .png ...), optionally the `crop`-px
+    window centred at `at` = (y, x) (a clicked cell)."""
+    if isinstance(query, str | os.PathLike):
+        path = Path(query)
+        if not path.is_file():
+            raise FileNotFoundError(f"query {path}: no such image file")
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            from skimage.io import imread
+
+            arr = imread(path)
+    else:
+        arr = np.asarray(query)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, -1, 0)  # an RGB(A) picture
+    if arr.ndim != 3:
+        raise ValueError(f"query has shape {arr.shape}; expected (H, W) or (C, H, W)")
+    if at is not None:
+        from cellfm.data.sampler import centred_window
+
+        size = int(crop or 64)
+        y, x, py, px = centred_window(at[0], at[1], size, arr.shape[1:])
+        arr = np.pad(arr[:, y : y + size, x : x + size], ((0, 0), (0, py), (0, px)))
+    return arr
+
+
+def dihedral(arr: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations by 90 degrees and their mirror images of a (C, H, W) array."""
+    out = []
+    for flip in (False, True):
+        base = arr[:, :, ::-1] if flip else arr
+        out += [np.ascontiguousarray(np.rot90(base, k, axes=(1, 2))) for k in range(4)]
+    return out
+
+
+def _stored(value: Any) -> Any:
+    """Undo provenance's h5ad cleaning: "none" back to None, arrays back to lists."""
+    if isinstance(value, dict):
+        return {k: _stored(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [_stored(v) for v in value.tolist()]
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
+    return None if isinstance(value, str) and value == "none" else value
+
+
+def embed_queries(queries: list[np.ndarray], info: dict, model: Any) -> np.ndarray:
+    """Embed (C, H, W) arrays as the store was embedded (field-level rows, same tiling / normalisation)."""
+    from cellfm.data.writer import create_plate, write_image
+    from cellfm.embed import embed
+
+    channels = list(info["channels"])
+    with tempfile.TemporaryDirectory(prefix="cellfm-search-") as tmp:
+        store = str(Path(tmp) / "query.zarr")
+        wells = {f"A/{i + 1}": ["0"] for i in range(len(queries))}
+        root = create_plate(store, "query", wells, "0.4", mode="w")
+        for (well, _), q in zip(wells.items(), queries):
+            if q.shape[0] != len(channels):
+                raise ValueError(f"query has {q.shape[0]} channels; the store was embedded with {channels}")
+            write_image(root[well].require_group("0"), q, channels, "0.4", chunk=256,
+                        min_level_size=max(q.shape[1:]))  # fmt: skip
+        norm = _stored(info.get("normalization"))
+        adata = embed(store, model, level="field", channels=channels, tile_size=int(info["tile_size"]),
+                      overlap=int(info["overlap"]), normalization=norm if isinstance(norm, dict) else None)  # fmt: skip
+    return np.asarray(adata.X, dtype=np.float32)
+
+
+def _check_model(model: Any, info: dict, where: str) -> Any:
+    from cellfm.embed.encoder import load_model, model_metadata
+    from cellfm.embed.job import model_digest
+
+    net = load_model(model)
+    digest = model_digest(net, model_metadata(net))
+    if info.get("checkpoint_sha256") and digest != info["checkpoint_sha256"]:
+        raise ValueError(f"{where} was embedded with model sha256 {info['checkpoint_sha256']} "
+                         f"({info.get('checkpoint')}); the model given has {digest}: pass --model with that checkpoint")  # fmt: skip
+    return net
+
+
+def search(
+    index_or_dir: str | os.PathLike,
+    query: Any,
+    k: int = 10,
+    *,
+    model: Any = None,
+    at: tuple[float, float] | None = None,
+    crop: int | None = None,
+    rotations: bool = True,
+    shift_steps: int = 2,
+) -> pd.DataFrame:
+    """The `k` rows of an embedded store most similar to `query` (array or image file), best first.
+
+    The query is tried under the 8 rotations / flips (`rotations`) and `shift_steps`^2 sub-patch offsets."""
+    adata, index = load_embedding(index_or_dir)
+    info = dict(adata.uns["cellfm"])
+    net = _check_model(model, info, str(index_or_dir))
+    arr = read_query(query, at, crop)
+    variants = dihedral(arr) if rotations else [arr]
+    patch = int(info["architecture"]["patch_size"])
+    step = max(1, patch // shift_steps)
+    # Re-pad each variant so that one of them meets the store's patch grid again (a cropped query is
+    # shifted against it, and ViT patch tokens are not shift invariant).
+    variants = [np.pad(v, ((0, 0), (dy, 0), (dx, 0)), mode="reflect") for v in variants
+                for dy in range(0, patch, step) for dx in range(0, patch, step)]  # fmt: skip
+    q = embed_queries(variants, info, net)
+    cur = adata.uns.get("curation", {})
+    centre = np.asarray(cur["centre"], np.float32) if "centre" in cur else np.asarray(adata.X).mean(0)
+    if index is None:
+        index = build_index(normalise(np.asarray(adata.X, dtype=np.float32) - centre))
+    qn = normalise(q - centre)
+    kk = min(len(adata), max(k * 4, k + 8))
+    sims, ids = index.search(qn, kk)
+    best: dict[int, float] = {}
+    for s_row, i_row in zip(sims, ids):
+        for s, i in zip(s_row, i_row):
+            if i >= 0 and s > best.get(int(i), -np.inf):
+                best[int(i)] = float(s)
+    order = sorted(best, key=lambda i: -best[i])[:k]
+    obs = adata.obs.iloc[order]
+    result = pd.DataFrame({"rank": np.arange(1, len(order) + 1), "score": [best[i] for i in order],
+                           "id": obs.index.astype(str)})  # fmt: skip
+    for col in obs.columns:
+        result[col] = obs[col].to_numpy()
+    return result
+
+
+def result_window(row: pd.Series, info: dict, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y, x, h, w) of a result row: the curation's window, else the tile / cell crop / field around its centre."""
+    if "height" in row and not pd.isna(row["height"]):
+        return int(row["y"]), int(row["x"]), int(row["height"]), int(row["width"])
+    level = info.get("level", "field")
+    if level == "field":
+        return 0, 0, shape[0], shape[1]
+    size = int(info["tile_size"] if level == "tile" else info.get("crop_size", 64))
+    y = int(np.clip(round(float(row["y"]) - size / 2), 0, max(0, shape[0] - size)))
+    x = int(np.clip(round(float(row["x"]) - size / 2), 0, max(0, shape[1] - size)))
+    return y, x, min(size, shape[0]), min(size, shape[1])
+
+
+def write_results(
+    result: pd.DataFrame, query: np.ndarray, index_or_dir: str | os.PathLike, out: str | os.PathLike
+) -> list[Path]:
+    """`out/results.csv` and `out/montage.png` (the query, then the results with their scores)."""
+    from cellfm.atomic import atomic_write
+    from cellfm.data.plates import list_fields
+
+    from .report import montage
+
+    adata, _ = load_embedding(index_or_dir)
+    info = dict(adata.uns["cellfm"])
+    images = {}
+    for uri in info["stores"]:
+        images.update({im.source: im for im in list_fields(str(uri), 0)})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = atomic_write(out / "results.csv", lambda tmp: result.to_csv(tmp, index=False))
+
+    def thumb(arr: np.ndarray) -> np.ndarray:
+        from skimage.transform import resize
+
+        plane = np.asarray(arr[0], dtype=np.float32)
+        lo, hi = np.percentile(plane, [0.5, 99.5])
+        return resize(np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1), (64, 64), anti_aliasing=True)
+
+    thumbs, titles = [[thumb(query)]], ["query"]
+    for _, row in result.iterrows():
+        im = images[str(row["source"])]
+        y, x, h, w = result_window(row, info, im.shape[1:])
+        thumbs.append([thumb(im.read(y, x, h, w))])
+        titles.append(f"{int(row['rank'])}: {row['score']:.3f}")
+    # one row of thumbnails: transpose the single-column layout
+    png = montage([[t[0] for t in thumbs]], ["  |  ".join(titles)], out / "montage.png")
+    return [csv, out / png]
