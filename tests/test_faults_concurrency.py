@@ -127,7 +127,8 @@ def test_second_pretrain_and_embed_into_one_output_are_refused(tmp_path):
     proc = hold_lock(run)
     try:
         with pytest.raises(OutputLocked, match=f"pid {proc.pid}"):
-            pretrain(_cfg("model.in_chans=2", "augment.channels.num_channels=2"), [store], run, steps=1)
+            cfg = _cfg("model.in_chans=2", "augment.channels.num_channels=2", "data.field_crop_size=32")
+            pretrain(cfg, [store], run, steps=1)
         assert not (run / "metrics.jsonl").exists() and not (run / "config.yaml").exists()
     finally:
         proc.kill()
