@@ -9,7 +9,6 @@ import logging
 import numpy as np
 import pytest
 
-from cellfm.data.checked_read import BadData
 from cellfm.embed import embed, run_embed
 from tests.fault_data import chunk_file, convert, converted_plate, tiff_folder, tiny_model
 
@@ -49,7 +48,7 @@ def test_embed_skips_a_damaged_field_and_lists_it(plate, model, tmp_path, how, c
     kept = clean[~((clean.obs["well"] == "A1") & (clean.obs["field"] == "0")).to_numpy()]
     assert list(adata.obs_names) == list(kept.obs_names)  # the damaged field's cells are not embedded
     np.testing.assert_allclose(adata.X, kept.X, rtol=1e-5, atol=1e-6)
-    with pytest.raises(BadData, match=r"A/1/0 array 'A/1/0/0'.* chunks 0/0/0/1/1"):
+    with pytest.raises(ValueError, match=r"A/1/0 array 'A/1/0/0'.* chunks 0/0/0/1/1"):
         run_embed(plate, model, tmp_path / "fail.h5ad", level="cell", labels="nuclei", on_bad_data="fail")
 
 
@@ -73,7 +72,7 @@ def test_pretrain_mask_level_damage_is_counted_not_fatal(plate, tmp_path, caplog
     assert len(crops) == 16 and all(m["source"] != f"{plate}/A/1/0" for _, m in crops)
     assert ds.counters["missing_or_bad_fields"] >= 1
     assert "A/1/0/1" in (tmp_path / "bad.jsonl").read_text()
-    with pytest.raises(BadData, match=r"array 'A/1/0/1'.*decode error in chunks 0/0/0/0/0"):
+    with pytest.raises(ValueError, match=r"array 'A/1/0/1'.*decode error in chunks 0/0/0/0/0"):
         list(CropDataset([plate], on_bad_data="fail", **kw))
 
 
@@ -93,7 +92,7 @@ def test_pretrain_crop_damage_is_skipped_counted_and_summarised(plate, tmp_path,
 
 def test_nan_pixels_are_an_error_by_default_or_zeroed_or_skipped(tmp_path, model):
     store = convert(tiff_folder(tmp_path / "t", nan_patch=True), tmp_path / "nan.ome.zarr")
-    with pytest.raises(BadData, match=r"A/1/0: non finite: 144 NaN/Inf pixels"):
+    with pytest.raises(ValueError, match=r"A/1/0: non finite: 144 NaN/Inf pixels"):
         embed(store, model)
     zeroed = embed(store, model, nan_policy="zero")
     assert np.isfinite(zeroed.X).all() and zeroed.n_obs == 4
@@ -101,7 +100,7 @@ def test_nan_pixels_are_an_error_by_default_or_zeroed_or_skipped(tmp_path, model
     assert skipped.n_obs == 3 and list(skipped.uns["cellfm"]["skipped"]["kind"]) == ["non_finite"]
     from cellfm.data import CropDataset
 
-    with pytest.raises(BadData, match="NaN/Inf pixels"):
+    with pytest.raises(ValueError, match="NaN/Inf pixels"):
         list(CropDataset([store], crop_size=32, crops_per_epoch=32, foreground=False, seed=0))
 
 
