@@ -98,7 +98,7 @@ def main() -> None:
         uri = os.path.join(tmp, "plate.ome.zarr")
         records = records_from_pattern(expand_inputs([folder]), PATTERN)
         t0 = time.perf_counter()
-        convert_plate(records, uri, channel_names=CHANNELS, chunk=256)
+        convert_plate(records, uri, channel_names=[f"{i + 1}={n}" for i, n in enumerate(CHANNELS)], chunk=256)
         convert_s = time.perf_counter() - t0
         rows = [("raw zarr chunk reads (limit)", bench_raw(uri, crop, n))]
         rows.append(("naive: open TIFFs per crop", bench_naive(folder, crop, max(8, n // 8))))
