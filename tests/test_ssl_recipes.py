@@ -96,3 +96,39 @@ def test_bf16_autocast_step_is_finite(two_channel_plate, tmp_path):
     trainer = Trainer(cfg, [two_channel_plate], tmp_path / "bf16")
     row = trainer.train_step(next(trainer.data.from_step(0)))
     assert np.isfinite(row["loss"]) and row["loss"] > 0
+
+
+@pytest.mark.parametrize("name", ["vitg14_to_vitl14", "vitg14_to_vitb14", "vitl14_to_vits14"])
+def test_distillation_recipes_follow_the_paper(name):
+    cfg = load_ssl_config(f"distill/{name}", ["distillation.teacher_checkpoint=RUN"])
+    assert cfg.distillation.enabled and not cfg.distillation.masking
+    assert cfg.train.precision == "bf16" and cfg.train.distributed == "fsdp"
+    assert cfg.model.drop_path_rate == 0.0
+    for gpu in ("train/vits14", "train/vitb14", "train/vitl14", "train/vitg14", "train/cellpainting5"):
+        assert load_ssl_config(gpu).train.precision == "bf16", gpu
+
+
+def test_distillation_scores_ibot_on_every_global_patch_without_masking():
+    """Without masking the student sees its global crops unmasked (the mask token gets no
+    gradient) and iBOT scores every patch token, even where the collator masked none."""
+    import copy
+
+    from cellfm.models.config import backbone_from_config
+    from cellfm.ssl.meta_arch import SSLMetaArch
+
+    cfg = load_ssl_config(
+        "cpu_tiny", TINY + ["distillation.enabled=true", "distillation.teacher_checkpoint=RUN"]
+    )
+    torch.manual_seed(0)
+    student = SSLMetaArch(load_ssl_config("cpu_tiny", TINY), backbone_from_config(cfg.model)).student
+    meta = SSLMetaArch(cfg, backbone_from_config(cfg.model), copy.deepcopy(student))
+    assert meta.mask_token_unused
+    b, n_tok = 2, (32 // 8) ** 2
+    batch = {
+        "collated_global_crops": torch.randn(2 * b, 1, 32, 32),
+        "collated_local_crops": torch.randn(2 * b, 1, 16, 16),
+        "collated_masks": torch.zeros(2 * b, n_tok, dtype=torch.bool),
+    }
+    logs = meta.forward_backward(batch, 0.04)
+    assert logs["ibot_loss"] > 0
+    assert meta.student["backbone"].mask_token.grad is None
