@@ -35,6 +35,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the fp32 matmuls (fp32 recipes)
+        torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
