@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         help="self-supervised DINOv2 pretraining (or distillation) on OME-Zarr / Zarr / TIFF stores",
         description="Train a backbone with DINO + iBOT + KoLeo on crops streamed from the stores. "
-        "Rerunning the same command resumes from DIR/checkpoint.pt. Multi-process: "
+        "Rerunning the same command resumes from the latest checkpoint in DIR (DIR/checkpoints/ sharded, or DIR/checkpoint.pt). Multi-process: "
         "torchrun --nproc-per-node N -m cellfm.cli pretrain ...",
     )
     p.add_argument(
