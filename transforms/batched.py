@@ -83,6 +83,14 @@ def _symmetry_table(size: int, dihedral: bool, device: torch.device) -> torch.Te
     return torch.stack([op.reshape(-1) for op in ops])
 
 
+def _draw_factors(cfg, g: torch.Generator | None, dev: torch.device, n: int, c: int) -> torch.Tensor:
+    """(n, c, 1, 1) brightness / contrast factors: 1 where crop i's coin (p) says no, else
+    1 + std * N(0, 1) per channel, clamped at the minimum (one draw order for both intensity paths)."""
+    on = (_rand(g, dev, n) < cfg.p)[:, None, None, None]
+    f = (1.0 + cfg.std * _randn(g, dev, n, c, 1, 1)).clamp(min=cfg.minimum)
+    return torch.where(on, f, torch.ones_like(f))
+
+
 class BatchedMultiCrop:
     """`MultiCrop`'s recipe for a batch on one device; see the module docstring.
 
@@ -227,9 +235,7 @@ class BatchedMultiCrop:
         for cfg, centred in ((ints.brightness, False), (ints.contrast, True)):
             if cfg.p <= 0:
                 continue
-            on = (_rand(g, dev, n) < cfg.p)[:, None, None, None]
-            f = (1.0 + cfg.std * _randn(g, dev, n, c, 1, 1)).clamp(min=cfg.minimum)
-            f = torch.where(on, f, torch.ones_like(f))
+            f = _draw_factors(cfg, g, dev, n, c)
             # brightness: f * y; contrast: f * y + (1 - f) * mean(y), with y = a * y0 + b
             b = f * b + (1 - f) * (a * mean + b) if centred else f * b
             a = f * a
@@ -281,9 +287,7 @@ class BatchedMultiCrop:
         for cfg, centred in ((ints.brightness, False), (ints.contrast, True)):
             if cfg.p <= 0:
                 continue
-            on = (_rand(g, dev, n) < cfg.p)[:, None, None, None]
-            f = (1.0 + cfg.std * _randn(g, dev, n, c, 1, 1)).clamp(min=cfg.minimum)
-            f = torch.where(on, f, torch.ones_like(f))
+            f = _draw_factors(cfg, g, dev, n, c)
             mean = y.mean(dim=(-2, -1), keepdim=True) if centred else 0.0
             y = (y - mean) * f + mean
         gam = ints.gamma

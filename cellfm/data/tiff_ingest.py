@@ -75,12 +75,18 @@ def records_from_pattern(files: list[str], pattern: str, plate: str = "") -> lis
             unmatched.append(path)
             continue
         g = m.groupdict()
-        field = str(int(g["field"])) if (g.get("field") or "").isdigit() else (g.get("field") or "0")
+        field = _field_from_groups(g)
         records.append(TiffRecord(path, g.get("plate") or plate, _well_from_groups(g, path), field,
                                   g.get("channel")))  # fmt: skip
     if unmatched:
         raise ValueError(f"{len(unmatched)} file(s) do not match pattern {pattern!r}, e.g. {unmatched[:3]}")
     return records
+
+
+def _field_from_groups(g: dict) -> str:
+    """The field name of a match: digits lose leading zeros (`f01` and `f1` are one field), no group is "0"."""
+    field = g.get("field") or ""
+    return str(int(field)) if field.isdigit() else (field or "0")
 
 
 def _compile(pattern: str, what: str = "pattern") -> re.Pattern:
@@ -107,7 +113,7 @@ def split_label_files(
             images.append(path)
             continue
         g = m.groupdict()
-        field = str(int(g["field"])) if (g.get("field") or "").isdigit() else (g.get("field") or "0")
+        field = _field_from_groups(g)
         entry = labels.setdefault((_well_from_groups(g, path), field), {})
         key = g.get("name") or name
         if key in entry:
