@@ -34,7 +34,8 @@ fi
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "[setup] installing$missing"
-        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+        { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null; } \
+            || echo "[setup] warning: apt-get could not install$missing; napari tests need them" >&2
     else
         echo "[setup] warning: missing$missing; napari tests need them (apt-get install$missing)" >&2
     fi
