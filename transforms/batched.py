@@ -91,6 +91,22 @@ def _draw_factors(cfg, g: torch.Generator | None, dev: torch.device, n: int, c: 
     return torch.where(on, f, torch.ones_like(f))
 
 
+def _draw_gaussian_noise(
+    gn, g: torch.Generator | None, dev: torch.device, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(indices of the crops that get noise, their sigma-scaled N(0, 1) noise), or None: one draw
+    order for both intensity paths."""
+    if gn.p <= 0:
+        return None
+    n = shape[0]
+    on = _rand(g, dev, n) < gn.p
+    sigma = _between(*gn.sigma, _rand(g, dev, n))
+    idx = on.nonzero().flatten()
+    if not idx.numel():
+        return None
+    return idx, sigma[idx, None, None, None] * _randn(g, dev, idx.numel(), *shape[1:])
+
+
 class BatchedMultiCrop:
     """`MultiCrop`'s recipe for a batch on one device; see the module docstring.
 
@@ -240,14 +256,7 @@ class BatchedMultiCrop:
             b = f * b + (1 - f) * (a * mean + b) if centred else f * b
             a = f * a
         y = self.blur(y, blur_p, g)
-        noise = None
-        gn = ints.gaussian_noise
-        if gn.p > 0:
-            on = _rand(g, dev, n) < gn.p
-            sigma = _between(*gn.sigma, _rand(g, dev, n))
-            idx = on.nonzero().flatten()
-            if idx.numel():
-                noise = (idx, sigma[idx, None, None, None] * _randn(g, dev, idx.numel(), *y.shape[1:]))
+        noise = _draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
         s = torch.ones(n, c, 1, 1, device=dev)  # what multiplies the noise
         factor = self.rescale(torch.ones(n, c, 1, 1, device=dev), cid, g)
         off, sc = stats
@@ -325,14 +334,11 @@ class BatchedMultiCrop:
             s = _between(*pn.read_sigma, _rand(g, dev, n, 1, 1, 1))
             shot = torch.poisson(y.clamp(min=0.0) * k, generator=g) / k
             y = torch.where(on, shot + s * _randn(g, dev, *y.shape), y)
-        gn = ints.gaussian_noise
-        if gn.p > 0:
-            on = _rand(g, dev, n) < gn.p
-            sigma = _between(*gn.sigma, _rand(g, dev, n))
-            idx = on.nonzero().flatten()
-            if idx.numel():
-                y = y.clone()
-                y[idx] += sigma[idx, None, None, None] * _randn(g, dev, idx.numel(), *y.shape[1:])
+        noise = _draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
+        if noise is not None:
+            idx, eps = noise
+            y = y.clone()
+            y[idx] += eps
         return y
 
     # -- channels ------------------------------------------------------------------------------------
