@@ -14,8 +14,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[setup] installing $TORCH_SPEC"
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
-echo "[setup] installing cellfm (editable) with the napari, samples and dev extras"
-.venv/bin/python -m pip install -q -e ".[napari,samples,dev]"
+echo "[setup] installing cellfm (editable) with the napari, samples, bioio and dev extras"
+.venv/bin/python -m pip install -q -e ".[napari,samples,bioio,dev]"
 # The official DINOv2 code is the tests' oracle; its metadata pins torch 2.0, so no dependencies.
 echo "[setup] installing the test oracle dinov2==0.0.1.dev2 (--no-deps)"
 .venv/bin/python -m pip install -q --no-deps dinov2==0.0.1.dev2

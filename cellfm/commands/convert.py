@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `convert` subcommand."""
     from cellfm.data.tiff_ingest import DEFAULT_PATTERN
 
-    p = subparsers.add_parser("convert", help="convert TIFFs to an OME-Zarr HCS plate (resumable)")
-    p.add_argument("inputs", nargs="*", help="TIFF files or folders (not needed with --manifest)")
+    p = subparsers.add_parser(
+        "convert", help="convert TIFFs (or .nd2/.czi/.lif) to an OME-Zarr HCS plate (resumable)"
+    )
+    p.add_argument(
+        "inputs", nargs="*", help="TIFF or .nd2/.czi/.lif files, or folders (not needed with --manifest)"
+    )
     p.add_argument("-o", "--output", required=True, help="output store, e.g. plate.ome.zarr")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pattern", default=DEFAULT_PATTERN,
@@ -18,10 +23,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--preset", choices=("harmony", "metaxpress", "cellvoyager"),
                      help="an instrument export: Revvity Harmony (Opera Phenix / Operetta), Molecular Devices "
                      "MetaXpress, Yokogawa CellVoyager; channel names and pixel size from its metadata files")  # fmt: skip
-    p.add_argument("--plane", type=int, help="with --preset: the z plane to convert (default: the first)")
     p.add_argument(
-        "--timepoint", type=int, help="with --preset: the timepoint to convert (default: the first)"
+        "--plane",
+        type=int,
+        help="with --preset or .nd2/.czi/.lif: the z plane to convert (default: the first)",
     )
+    p.add_argument(
+        "--timepoint",
+        type=int,
+        help="with --preset or .nd2/.czi/.lif: the timepoint to convert (default: the first)",
+    )
+    p.add_argument(
+        "--max-project", action="store_true", help=".nd2/.czi/.lif: maximum over z instead of one plane"
+    )
+    p.add_argument("--scenes", choices=("fields", "wells"), default="fields",
+                   help=".nd2/.czi/.lif: 'fields' = a file is one well (from its name), its scenes the fields; "
+                   "'wells' = each scene's name holds its well (default: fields)")  # fmt: skip
     src.add_argument("--manifest", help="CSV with columns path, well (or row, column), field, channel, plate; "
                      "optional column labels (a label TIFF for that field)")  # fmt: skip
     p.add_argument("--channel-order", help="comma-separated channel tokens as the pattern's 'channel' group "
@@ -49,8 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert, then print how many fields were written and how many were already complete."""
+    from cellfm.data.bioio_reader import is_bioio_file
     from cellfm.data.convert import convert_plate
     from cellfm.data.tiff_ingest import (
+        DEFAULT_PATTERN,
         expand_inputs,
         labels_from_csv,
         records_from_csv,
@@ -58,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         split_label_files,
     )
 
-    labels, preset_names, preset_pixel = None, None, None
+    labels, preset_names, preset_pixel, bioio_inputs = None, None, None, False
     if args.manifest:
         records = records_from_csv(args.manifest)
         labels = labels_from_csv(args.manifest, args.labels_name)
@@ -68,15 +87,33 @@ def run(args: argparse.Namespace) -> int:
         files = expand_inputs(args.inputs)
         if args.labels_pattern:
             files, labels = split_label_files(files, args.labels_pattern, args.labels_name)
-        if args.preset:
+        bioio_files = [f for f in files if is_bioio_file(f)]
+        bioio_inputs = bool(bioio_files)
+        if bioio_inputs:
+            if len(bioio_files) != len(files) or args.preset:
+                raise ValueError(f"convert .nd2/.czi/.lif files on their own (no --preset, no TIFFs besides label "
+                                 f"images): got {len(bioio_files)} of them among {len(files)} inputs")  # fmt: skip
+            from cellfm.data.bioio_reader import ReaderNotInstalled, records_from_files
+
+            custom = args.pattern if args.pattern != DEFAULT_PATTERN else None
+            try:
+                records = records_from_files(files, custom, args.scenes, plane=args.plane,
+                                             timepoint=args.timepoint, max_project=args.max_project)  # fmt: skip
+            except ReaderNotInstalled as err:  # optional extra: one line naming the file and the pip command
+                print(f"cellfm convert: error: {err}", file=sys.stderr)
+                return 1
+        elif args.preset:
             from cellfm.data.presets import read_layout
 
             layout = read_layout(args.preset, files, args.inputs, plane=args.plane, timepoint=args.timepoint)
             records, preset_names, preset_pixel = layout.records, layout.channel_names, layout.pixel_size
         else:
             records = records_from_pattern(files, args.pattern)
-    if not args.preset and (args.plane is not None or args.timepoint is not None):
-        raise ValueError("--plane and --timepoint select from an instrument export; give --preset")
+    if not (args.preset or bioio_inputs) and (args.plane is not None or args.timepoint is not None):
+        raise ValueError("--plane and --timepoint select from an instrument export or .nd2/.czi/.lif files; "
+                         "give --preset")  # fmt: skip
+    if args.max_project and not bioio_inputs:
+        raise ValueError("--max-project applies to .nd2/.czi/.lif inputs")
     pixel = args.pixel_size
     if pixel is not None and len(pixel) not in (1, 2):
         raise ValueError(f"--pixel-size takes X or Y X micrometres, got {pixel}")

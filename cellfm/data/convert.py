@@ -16,7 +16,8 @@ import tifffile
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from cellfm.data import writer
+from cellfm.data import bioio_reader, writer
+from cellfm.data.bioio_reader import SceneRef
 from cellfm.data.convert_checks import clean_marker_temps, merged_wells, verify_field
 from cellfm.data.ngff_labels import write_labels
 from cellfm.data.plates import plate_name as stem_name
@@ -39,8 +40,12 @@ class ConvertReport:
     pixel_size: tuple[float, float] = (1.0, 1.0)
 
 
-def _tiff_info(path: str) -> tuple[tuple[int, ...], np.dtype, list[str] | None]:
-    """Shape, dtype and OME channel names of a TIFF's first series, without reading pixels."""
+def _tiff_info(path: str | SceneRef) -> tuple[tuple[int, ...], np.dtype, list[str] | None]:
+    """Shape, dtype and OME channel names of a TIFF's first series (or a bioio scene), without reading pixels."""
+    if isinstance(path, SceneRef):
+        return bioio_reader.scene_info(path)
+    if bioio_reader.is_bioio_file(path):
+        raise ValueError(f"{path}: give .nd2/.czi/.lif files as convert inputs (their scenes become fields)")
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         names = None
@@ -68,7 +73,8 @@ def _lazy_field(files: list[str], shape: tuple[int, int, int], dtype: np.dtype) 
         c, h, w = _as_cyx(_tiff_info(path)[0], path)
         if (h, w) != shape[1:]:
             raise ValueError(f"{path}: image is {h}x{w}, other files of this plate are {shape[1]}x{shape[2]}")
-        delayed = dask.delayed(lambda p=path, s=(c, h, w): tifffile.imread(p).reshape(s))()
+        read = bioio_reader.read_scene if isinstance(path, SceneRef) else tifffile.imread
+        delayed = dask.delayed(lambda p=path, s=(c, h, w), r=read: r(p).reshape(s))()
         parts.append(da.from_delayed(delayed, shape=(c, h, w), dtype=dtype))
     return da.concatenate(parts, axis=0)
 
@@ -134,8 +140,8 @@ def _convert_plate(
 
     Channels from file names are ordered and labelled by `tiff_ingest.channel_plan`; the plate is
     named `plate_name`, else the records' plate, else the output's stem. `pixel_size` (y, x) in
-    micrometres defaults to the first file's OME-TIFF / ImageJ calibration (else 1). `labels` maps
-    (well, field) to {name: label TIFF}, written as NGFF labels of that field."""
+    micrometres defaults to the first file's OME-TIFF / ImageJ calibration or bioio metadata (else 1).
+    `labels` maps (well, field) to {name: label TIFF}, written as NGFF labels of that field."""
     plate, channels, fields = group_fields(records)
     first_files = list(next(iter(fields.values())).values())
     shape0, dtype, ome_names = _tiff_info(first_files[0])
@@ -160,7 +166,8 @@ def _convert_plate(
         wells.setdefault(well, []).append(fld)
     plan = {"channels": names, "version": version, "shape": [n_channels, h, w], "dtype": str(dtype),
             "fields": [f"{wl}/{f}" for wl, f in fields]}  # fmt: skip
-    pixel_size = tuple(pixel_size or tiff_pixel_size(first_files[0]) or (1.0, 1.0))
+    source_pixel = bioio_reader.scene_pixel_size if isinstance(first_files[0], SceneRef) else tiff_pixel_size
+    pixel_size = tuple(pixel_size or source_pixel(first_files[0]) or (1.0, 1.0))
     unknown = sorted(set(labels or {}) - set(fields))
     if unknown:
         raise ValueError(f"labels for fields {unknown[:5]} that have no image files")
@@ -197,7 +204,7 @@ def _convert_plate(
         for label_name, label_path in (labels or {}).get((well, fld), {}).items():
             write_labels(group, _read_labels(label_path, (h, w)), label_name, version, chunk=chunk)
         verify_field(group, paths, (n_channels, h, w), f"{out}/{key}")  # before the marker says complete
-        _write_marker(fs, root_path, key, {"sources": files, "shape": [n_channels, h, w]})
+        _write_marker(fs, root_path, key, {"sources": [str(f) for f in files], "shape": [n_channels, h, w]})
         report.written.append(key)
         log.info("converted %s (%d/%d)", key, len(report.written) + len(report.skipped), len(fields))
         if on_field_done is not None:

@@ -9,7 +9,7 @@ import re
 import zarr
 
 from cellfm.data import ngff
-from cellfm.data.stores import Image, is_tiff, join, open_node
+from cellfm.data.stores import BIOIO_SUFFIXES, Image, is_tiff, join, open_node
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,10 @@ def store_kind(uri: str, storage_options: dict | None = None) -> str:
     """One of 'tiff', 'plate', 'well', 'image', 'labels', 'array'; errors say what was found otherwise."""
     if is_tiff(uri):
         return "tiff"
+    if str(uri).lower().endswith(BIOIO_SUFFIXES):
+        raise ValueError(
+            f"{uri}: a microscope file, not a store; convert it first: cellfm convert {uri} -o OUT.ome.zarr"
+        )
     node = open_node(uri, "", storage_options)
     if isinstance(node, zarr.Array):
         return "array"

@@ -16,6 +16,8 @@ from cellfm.data import ngff
 from cellfm.data.checked_read import read_region
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+# microscope formats `cellfm convert` reads through the optional bioio readers (cellfm.data.bioio_reader)
+BIOIO_SUFFIXES = (".nd2", ".czi", ".lif")
 # Dtype kinds a crop can become float32 from: bool, signed and unsigned int, float.
 SUPPORTED_DTYPE_KINDS = "biuf"
 # tifffile axis letters -> NGFF axis names; S (RGB samples) acts as channels.

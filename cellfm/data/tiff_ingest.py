@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from cellfm.data.stores import TIFF_SUFFIXES
+from cellfm.data.stores import BIOIO_SUFFIXES, TIFF_SUFFIXES
 
 # Matches e.g. r02c05f03p01-ch1 style names loosely; users usually pass their own.
 DEFAULT_PATTERN = (
@@ -35,18 +35,22 @@ def normalise_well(text: str, where: str = "") -> str:
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """TIFF files named directly or found (recursively) under folders, sorted."""
+    """TIFF (and .nd2/.czi/.lif) files named directly or found (recursively) under folders, sorted."""
     files: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
             for base, _, names in os.walk(item):
-                files += [os.path.join(base, n) for n in names if n.lower().endswith(TIFF_SUFFIXES)]
+                files += [
+                    os.path.join(base, n) for n in names if n.lower().endswith(TIFF_SUFFIXES + BIOIO_SUFFIXES)
+                ]
         elif os.path.isfile(item):
             files.append(item)
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     if not files:
-        raise FileNotFoundError(f"no TIFF files ({', '.join(TIFF_SUFFIXES)}) found in {inputs}")
+        raise FileNotFoundError(
+            f"no image files ({', '.join(TIFF_SUFFIXES + BIOIO_SUFFIXES)}) found in {inputs}"
+        )
     return sorted(files)
 
 
