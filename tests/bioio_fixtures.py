@@ -14,8 +14,9 @@ import numpy as np
 
 
 def write_czi(path: str, scenes: dict[str, np.ndarray], channel_names: list[str], pixel_um: tuple[float, float],
-              z_um: float = 1.0) -> None:  # fmt: skip
-    """`scenes` maps scene name -> (C, Z, Y, X) uint16 array; scenes are placed side by side."""
+              z_um: float = 1.0, shapes: list[str] | None = None) -> None:  # fmt: skip
+    """`scenes` maps scene name -> (C, Z, Y, X) uint16 array; scenes are placed side by side. `shapes`
+    names each scene's carrier shape, as ZEN's HCS scenes name their well (`<Shape Name="B4">`)."""
     from pylibCZIrw import czi
 
     with czi.create_czi(path, exist_ok=True) as out:
@@ -29,7 +30,12 @@ def write_czi(path: str, scenes: dict[str, np.ndarray], channel_names: list[str]
             x0 += data.shape[3] + 10
         out.write_metadata(document_name="cellfm-test", channel_names=dict(enumerate(channel_names)),
                            scale_x=pixel_um[1] * 1e-6, scale_y=pixel_um[0] * 1e-6, scale_z=z_um * 1e-6)  # fmt: skip
-    entries = "".join(f'<Scene Index="{i}" Name={quoteattr(name)}/>' for i, name in enumerate(scenes))
+    entries = "".join(
+        f'<Scene Index="{i}" Name={quoteattr(name)}>'
+        + (f"<Shape Name={quoteattr(shapes[i])}/>" if shapes else "")
+        + "</Scene>"
+        for i, name in enumerate(scenes)
+    )
     with czi.edit_czi(path) as editor, editor.edit_session() as builder:
         xml = builder.get_xml()
         builder.set_xml(xml.replace("<Dimensions>", f"<Dimensions><S><Scenes>{entries}</Scenes></S>", 1))

@@ -171,3 +171,48 @@ def test_the_bioio_extra_declares_every_plugin_and_stores_point_to_convert(tmp_p
     write_czi(path, scenes(["s"], shape=(1, 1, 8, 8)), ["DAPI"], PIXEL)
     assert main(["inspect", path]) == 1
     assert f"convert it first: cellfm convert {path}" in capsys.readouterr().err
+
+
+def test_label_tiffs_attach_to_the_scenes_fields(tmp_path, capsys):
+    import tifffile
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    data = scenes(["p1", "p2"], shape=(2, 1, 16, 16), seed=5)
+    write_czi(str(folder / "B03.czi"), data, ["DAPI", "GFP"], PIXEL)
+    masks = {}
+    for field in (0, 1):
+        masks[field] = np.zeros((16, 16), np.uint16)
+        masks[field][2:6, 3 + field : 9] = field + 1
+        tifffile.imwrite(folder / f"B03_f{field}_nuclei.tif", masks[field])
+    out = str(tmp_path / "labelled.ome.zarr")
+    args = [
+        "convert",
+        str(folder),
+        "-o",
+        out,
+        "--labels-pattern",
+        r"(?P<well>[A-P]\d+)_f(?P<field>\d+)_nuclei",
+    ]
+    assert main([*args, "--labels-name", "nuclei"]) == 0
+    assert validate_store(out)["labels"] == 2
+    root = zarr.open_group(out, mode="r")
+    for field in (0, 1):
+        np.testing.assert_array_equal(root[f"B/3/{field}/labels/nuclei/0"][:].squeeze(), masks[field])
+    tiff = str(tmp_path / "A01_s1_DAPI.tif")
+    tifffile.imwrite(tiff, masks[0])
+    assert main(["convert", tiff, "-o", str(tmp_path / "t.ome.zarr"), "--scenes", "wells"]) == 1
+    assert "--scenes apply to .nd2/.czi/.lif inputs" in capsys.readouterr().err
+
+
+def test_czi_hcs_scenes_map_to_the_wells_their_shapes_name(tmp_path):
+    data = scenes(["ScanRegion0", "ScanRegion1", "ScanRegion2"], shape=(1, 1, 8, 12), seed=7)
+    path = str(tmp_path / "hcs.czi")
+    write_czi(path, data, ["Hoechst"], PIXEL, shapes=["B4", "B4", "C5"])
+    records = bioio_reader.records_from_files([path], scenes="wells")
+    assert [(r.well, r.field, r.path.name) for r in records] == [
+        ("B/4", "0", "ScanRegion0-B4"), ("B/4", "1", "ScanRegion1-B4"), ("C/5", "0", "ScanRegion2-C5"),
+    ]  # fmt: skip
+    out = str(tmp_path / "hcs.ome.zarr")
+    convert_plate(records, out, chunk=16)
+    np.testing.assert_array_equal(_fields(out)[("B4", "1")].read_full(), data["ScanRegion1"][:, 0])

@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if not (args.preset or bioio_inputs) and (args.plane is not None or args.timepoint is not None):
         raise ValueError("--plane and --timepoint select from an instrument export or .nd2/.czi/.lif files; "
                          "give --preset")  # fmt: skip
-    if args.max_project and not bioio_inputs:
-        raise ValueError("--max-project applies to .nd2/.czi/.lif inputs")
+    if (args.max_project or args.scenes != "fields") and not bioio_inputs:
+        raise ValueError("--max-project and --scenes apply to .nd2/.czi/.lif inputs")
     pixel = args.pixel_size
     if pixel is not None and len(pixel) not in (1, 2):
         raise ValueError(f"--pixel-size takes X or Y X micrometres, got {pixel}")
