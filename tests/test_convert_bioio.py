@@ -1,8 +1,8 @@
 """`cellfm convert` of .czi / .lif / .nd2 files through bioio: scenes -> fields (or wells), channel names and
 pixel size from the file's metadata, z plane / max projection / timepoint, pixel-exact, valid OME-Zarr.
 
-CZI and LIF files are written here (tests/bioio_fixtures.py); ND2 has no writer, so its tests run the same
-mapping on an in-memory bioio image and check that the real bioio-nd2 plugin is the one a .nd2 file opens."""
+CZI, LIF and ND2 files are written here (tests/bioio_fixtures.py: pylibCZIrw for CZI, the documented
+containers byte by byte for LIF and ND2); timepoints run on an in-memory bioio image through the same mapping."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import zarr
 from cellfm.cli import main
 from cellfm.data import bioio_reader, list_fields
 from cellfm.data.convert import convert_plate
-from tests.bioio_fixtures import write_czi, write_lif
+from tests.bioio_fixtures import write_czi, write_lif, write_nd2
 from tests.ome_validation import read_with_ome_zarr, validate_store
 
 PIXEL = (0.33, 0.325)  # (y, x) micrometres
@@ -110,6 +110,22 @@ def test_mapping_errors_name_the_file_and_the_fix(tmp_path, capsys):
     assert not os.path.exists(out)
 
 
+def test_nd2_positions_named_by_well_become_wells(tmp_path, capsys):
+    data = scenes(["A1", "A1#2", "B2"], shape=(2, 3, 10, 14), seed=4)
+    path = str(tmp_path / "plate.nd2")
+    write_nd2(path, data, ["DAPI", "GFP"], 0.65, z_um=2.0)
+    out = str(tmp_path / "nd2.ome.zarr")
+    assert main(["convert", path, "-o", out, "--scenes", "wells", "--max-project", "--chunk", "16"]) == 0
+    assert "channels ['DAPI', 'GFP'], 0.65 um/pixel" in capsys.readouterr().out
+    fields = _fields(out)
+    assert sorted(fields) == [("A1", "0"), ("A1", "1"), ("B2", "0")]
+    for key, name in zip([("A1", "0"), ("A1", "1"), ("B2", "0")], data):
+        np.testing.assert_array_equal(fields[key].read_full(), data[name].max(axis=1))
+        assert _scale(out, fields[key])[-2:] == pytest.approx([0.65, 0.65])
+    assert validate_store(out) == {"version": "0.4", "wells": 2, "images": 3, "labels": 0}
+    assert read_with_ome_zarr(out)
+
+
 def _fake_nd2(positions: list[np.ndarray], names: list[str]):
     """An in-memory bioio image standing in for an ND2 file (T, C, Z, Y, X per position)."""
     from bioio import BioImage
@@ -119,7 +135,7 @@ def _fake_nd2(positions: list[np.ndarray], names: list[str]):
                     physical_pixel_sizes=PhysicalPixelSizes(2.0, 0.65, 0.65))  # fmt: skip
 
 
-def test_nd2_positions_timepoint_and_mapping(tmp_path, monkeypatch):
+def test_timepoint_choice_on_an_in_memory_image(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     positions = [rng.integers(0, 60000, (3, 2, 1, 12, 16), dtype=np.uint16) for _ in range(2)]
     path = str(tmp_path / "exp_D12.nd2")
