@@ -8,6 +8,7 @@ writer exists): the chunked v3 container, written byte by byte (see `write_nd2`)
 
 from __future__ import annotations
 
+import itertools
 import struct
 from xml.sax.saxutils import quoteattr
 
@@ -16,19 +17,17 @@ import numpy as np
 
 def write_czi(path: str, scenes: dict[str, np.ndarray], channel_names: list[str], pixel_um: tuple[float, float],
               z_um: float = 1.0, shapes: list[str] | None = None) -> None:  # fmt: skip
-    """`scenes` maps scene name -> (C, Z, Y, X) uint16 array; scenes are placed side by side. `shapes`
-    names each scene's carrier shape, as ZEN's HCS scenes name their well (`<Shape Name="B4">`)."""
+    """`scenes` maps scene name -> (C, Z, Y, X) or (T, C, Z, Y, X) uint16 array; scenes are placed side by
+    side. `shapes` names each scene's carrier shape, as ZEN's HCS scenes name their well (`<Shape Name="B4">`)."""
     from pylibCZIrw import czi
 
     with czi.create_czi(path, exist_ok=True) as out:
         x0 = 0
         for s, data in enumerate(scenes.values()):
-            for c in range(data.shape[0]):
-                for z in range(data.shape[1]):
-                    out.write(
-                        data[c, z][..., None], plane={"C": c, "Z": z, "T": 0}, scene=s, location=(x0, 0)
-                    )
-            x0 += data.shape[3] + 10
+            data = data[None] if data.ndim == 4 else data
+            for t, c, z in itertools.product(*(range(n) for n in data.shape[:3])):
+                out.write(data[t, c, z][..., None], plane={"C": c, "Z": z, "T": t}, scene=s, location=(x0, 0))
+            x0 += data.shape[4] + 10
         out.write_metadata(document_name="cellfm-test", channel_names=dict(enumerate(channel_names)),
                            scale_x=pixel_um[1] * 1e-6, scale_y=pixel_um[0] * 1e-6, scale_z=z_um * 1e-6)  # fmt: skip
     entries = "".join(

@@ -126,6 +126,21 @@ def test_nd2_positions_named_by_well_become_wells(tmp_path, capsys):
     assert read_with_ome_zarr(out)
 
 
+def test_czi_timepoint_choice(tmp_path, caplog):
+    rng = np.random.default_rng(9)
+    movie = rng.integers(0, 4000, (3, 2, 1, 8, 12), dtype=np.uint16)  # T, C, Z, Y, X
+    path = str(tmp_path / "C07_movie.czi")
+    write_czi(path, {"s0": movie}, ["DAPI", "GFP"], PIXEL)
+    with caplog.at_level("WARNING"):
+        first = bioio_reader.records_from_files([path])
+    assert "3 timepoints, converting timepoint 0" in caplog.text
+    np.testing.assert_array_equal(bioio_reader.read_scene(first[0].path), movie[0, :, 0])
+    out = str(tmp_path / "t2.ome.zarr")
+    assert main(["convert", path, "-o", out, "--timepoint", "2"]) == 0
+    np.testing.assert_array_equal(_fields(out)[("C7", "0")].read_full(), movie[2, :, 0])
+    assert main(["convert", path, "-o", str(tmp_path / "t9.ome.zarr"), "--timepoint", "9"]) == 1
+
+
 def _fake_nd2(positions: list[np.ndarray], names: list[str]):
     """An in-memory bioio image standing in for an ND2 file (T, C, Z, Y, X per position)."""
     from bioio import BioImage
