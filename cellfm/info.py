@@ -15,6 +15,7 @@ from typing import Any
 
 PACKAGES = ("cellfm", "torch", "numpy", "safetensors", "tifffile", "zarr", "dask", "anndata", "scanpy")
 OPTIONAL = ("napari", "PyQt6", "magicgui", "npe2", "xformers", "dinov2")
+OPTIONAL += ("bioio-nd2", "bioio-czi", "bioio-lif")  # readers of `cellfm convert` (the bioio extra)
 
 
 def _version(name: str) -> str | None:
