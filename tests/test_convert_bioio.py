@@ -92,6 +92,20 @@ def test_lif_scenes_named_by_well_become_wells(tmp_path):
     assert validate_store(out) == {"version": "0.4", "wells": 2, "images": 3, "labels": 0}
 
 
+def test_wells_mode_numbers_fields_across_files(tmp_path):
+    first, second = (
+        scenes(["A1", "B2"], shape=(1, 1, 8, 8), seed=2),
+        scenes(["A1"], shape=(1, 1, 8, 8), seed=3),
+    )
+    write_lif(str(tmp_path / "day1.lif"), first, ["Gray"], PIXEL)
+    write_lif(str(tmp_path / "day2.lif"), second, ["Gray"], PIXEL)
+    out = str(tmp_path / "two.ome.zarr")
+    assert main(["convert", str(tmp_path), "-o", out, "--scenes", "wells"]) == 0
+    fields = _fields(out)
+    assert sorted(fields) == [("A1", "0"), ("A1", "1"), ("B2", "0")]
+    np.testing.assert_array_equal(fields[("A1", "1")].read_full(), second["A1"][:, 0])
+
+
 def test_mapping_errors_name_the_file_and_the_fix(tmp_path, capsys):
     data = scenes(["A1", "B2"], shape=(2, 2, 8, 8))
     lif = str(tmp_path / "run.lif")

@@ -7,7 +7,7 @@ bioio-lif). A file's scenes (ND2 positions, CZI scenes, LIF images) map to field
   like ``A01`` / ``b3``); scene i is field i. A pattern with a ``field`` group names the field of a
   single-scene file.
 - ``wells``: each scene's name holds its well (``A1``, ``B03-2``, ``.../C/4/R1``); the scenes of a well
-  are its fields 0, 1, ... in file order.
+  are its fields 0, 1, ... in the order of the (sorted) files and their scenes.
 
 Each field is one (C, Y, X) plane: timepoint `timepoint` (default 0) and z plane `plane` (default 0),
 or the maximum over z (`max_project`). Channel names and the pixel size come from the file's metadata
@@ -194,6 +194,7 @@ def records_from_files(
         raise ValueError("give --plane N or --max-project, not both")
     regex = _compile(pattern) if pattern else _WELL_TOKEN
     records, reference = [], None
+    well_counts: dict[str, int] = {}  # wells mode: fields numbered per well across all files
     for path in files:
         infos = scan(path)
         for info in infos:
@@ -205,7 +206,6 @@ def records_from_files(
         _check_planes(infos, path, plane, timepoint, max_project)
         m = regex.search(os.path.basename(path))
         groups = m.groupdict() if m else {}
-        well_counts: dict[str, int] = {}
         for info in infos:
             if scenes == "wells":
                 well = _scene_well(info.name, path)
