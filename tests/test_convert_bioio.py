@@ -92,7 +92,7 @@ def test_lif_scenes_named_by_well_become_wells(tmp_path):
     assert validate_store(out) == {"version": "0.4", "wells": 2, "images": 3, "labels": 0}
 
 
-def test_wells_mode_numbers_fields_across_files(tmp_path):
+def test_fields_are_numbered_per_well_across_files(tmp_path):
     first, second = (
         scenes(["A1", "B2"], shape=(1, 1, 8, 8), seed=2),
         scenes(["A1"], shape=(1, 1, 8, 8), seed=3),
@@ -104,6 +104,14 @@ def test_wells_mode_numbers_fields_across_files(tmp_path):
     fields = _fields(out)
     assert sorted(fields) == [("A1", "0"), ("A1", "1"), ("B2", "0")]
     np.testing.assert_array_equal(fields[("A1", "1")].read_full(), second["A1"][:, 0])
+    write_lif(str(tmp_path / "C3_a.lif"), first, ["Gray"], PIXEL)  # fields mode: one well in two files
+    write_lif(str(tmp_path / "C3_b.lif"), second, ["Gray"], PIXEL)
+    records = bioio_reader.records_from_files(sorted(str(p) for p in tmp_path.glob("C3_*.lif")))
+    assert [(r.well, r.field, r.path.file[-8:], r.path.scene) for r in records] == [
+        ("C/3", "0", "C3_a.lif", 0), ("C/3", "1", "C3_a.lif", 1), ("C/3", "2", "C3_b.lif", 0),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="files given twice"):
+        bioio_reader.records_from_files([records[0].path.file, records[0].path.file])
 
 
 def test_mapping_errors_name_the_file_and_the_fix(tmp_path, capsys):

@@ -4,10 +4,12 @@ The readers are an optional extra (`pip install 'cellfm[bioio]'`: bioio with bio
 bioio-lif). A file's scenes (ND2 positions, CZI scenes, LIF images) map to fields in one of two ways:
 
 - ``fields`` (default): the file is one well, read from its name (`--pattern`, else the first token
-  like ``A01`` / ``b3``); scene i is field i. A pattern with a ``field`` group names the field of a
-  single-scene file.
-- ``wells``: each scene's name holds its well (``A1``, ``B03-2``, ``.../C/4/R1``); the scenes of a well
-  are its fields 0, 1, ... in the order of the (sorted) files and their scenes.
+  like ``A01`` / ``b3``), and its scenes are fields. A pattern with a ``field`` group names the field
+  of a single-scene file.
+- ``wells``: each scene's name holds its well (``A1``, ``B03-2``, ``.../C/4/R1``).
+
+Without a field group, a well's scenes are its fields 0, 1, ... in the order of the (sorted) files and
+their scenes.
 
 Each field is one (C, Y, X) plane: timepoint `timepoint` (default 0) and z plane `plane` (default 0),
 or the maximum over z (`max_project`). Channel names and the pixel size come from the file's metadata
@@ -194,7 +196,10 @@ def records_from_files(
         raise ValueError("give --plane N or --max-project, not both")
     regex = _compile(pattern) if pattern else _WELL_TOKEN
     records, reference = [], None
-    well_counts: dict[str, int] = {}  # wells mode: fields numbered per well across all files
+    well_counts: dict[str, int] = {}  # fields numbered per well across all files
+    repeated = sorted({os.path.abspath(f) for f in files if files.count(f) > 1})
+    if repeated:
+        raise ValueError(f"files given twice: {repeated[:3]}")
     for path in files:
         infos = scan(path)
         for info in infos:
@@ -219,7 +224,8 @@ def records_from_files(
                 if groups.get("field") and len(infos) > 1:
                     raise ValueError(f"{path}: the pattern gives a field, but the file has {len(infos)} scenes "
                                      "(its scenes are its fields); drop the field group")  # fmt: skip
-                field = _field_from_groups(groups) if groups.get("field") else str(info.index)
+                field = _field_from_groups(groups) if groups.get("field") else str(well_counts.get(well, 0))
+                well_counts[well] = well_counts.get(well, 0) + 1
             ref = SceneRef(path, info.index, info.name, plane or 0, timepoint or 0, max_project)
             records.append(TiffRecord(ref, groups.get("plate") or "", well, field, None))  # type: ignore[arg-type]
     return records
