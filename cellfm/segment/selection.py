@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-MAX_FOLDS = 4
-CV_TREES = 16
+MAX_FOLDS = 3  # 3 folds of 8 trees choose as well as 4 of 16 on the dev images, at 3x less cost
+CV_TREES = 8
 TIE = 0.005
 
 
