@@ -99,3 +99,23 @@ def test_segmenter_save_load_keeps_coarse_to_fine(tmp_path):
     assert loaded.coarse_to_fine
     np.testing.assert_array_equal(loaded.predict(img), seg.predict(img))
     assert (seg.predict(img) == FOREGROUND).any()
+
+
+def test_selection_ties_keep_the_backbone_and_filters_win_only_when_better(monkeypatch):
+    import cellfm.segment.selection as selection
+    from cellfm.segment.segmenter import FILTERS_ONLY, WITH_BACKBONE
+
+    img, lab = stardist_crop(128)
+    strokes = user_strokes(lab, seed=0)
+    monkeypatch.setattr(selection, "stroke_score", lambda X, y, groups, seed=0: 1.0)  # a tie
+    seg = ScribbleSegmenter(tiny()).fit(img, strokes)
+    assert seg.feature_set == WITH_BACKBONE and seg.selection_scores == {
+        WITH_BACKBONE: 1.0,
+        FILTERS_ONLY: 1.0,
+    }
+    assert seg._features(img[None].astype(np.float32), None, 0, 1).num_patch_features == 16
+    n_filters = seg._features(img[None].astype(np.float32), None, 0, 1).num_filter_features
+    monkeypatch.setattr(
+        selection, "stroke_score", lambda X, y, groups, seed=0: 1.0 if X.shape[1] == n_filters else 0.9
+    )
+    assert ScribbleSegmenter(tiny()).fit(img, strokes).feature_set == FILTERS_ONLY

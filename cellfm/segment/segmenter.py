@@ -37,7 +37,8 @@ class ScribbleSegmenter:
 
     Backbone patch features are reduced to `patch_components` principal components (None: all) so a
     forest weighs them like the filters. With `select`, held-out strokes (leave-one-stroke-out folds)
-    decide whether the backbone features join the filters at all: `feature_set` says which won.
+    decide whether the backbone features join the filters: they are dropped only when the filters
+    alone validate better; `feature_set` says which won.
     With `coarse_to_fine`, a forest predicts slices of 256^2 pixels or more on a sparse grid refined
     where the class can change (`cellfm.segment.refine`), about 3x faster with the same labels.
     """
@@ -123,7 +124,9 @@ class ScribbleSegmenter:
         y = np.concatenate([np.searchsorted(classes, flat[s][picks[s]]) for s in slices])
         d = views[0].num_patch_features
         if self.select and views[0].num_filter_features and d:
-            cols = {FILTERS_ONLY: np.arange(d, X.shape[1]), WITH_BACKBONE: np.arange(X.shape[1])}
+            # ties keep the backbone: with sparse strokes both sets often validate perfectly, and on the
+            # dev images filters + backbone beat filters alone (benchmarks/segment_strokes.py)
+            cols = {WITH_BACKBONE: np.arange(X.shape[1]), FILTERS_ONLY: np.arange(d, X.shape[1])}
             groups = stroke_groups(flat, picks)
             self.feature_set, self.selection_scores = choose_columns(X, y, groups, cols, self.seed)
             if self.feature_set == FILTERS_ONLY:
