@@ -60,6 +60,13 @@ def test_coarse_to_fine_refines_every_boundary_and_interpolates_elsewhere():
     assert fraction < 0.25
     with pytest.raises(ValueError, match="decrease to 1"):
         coarse_to_fine(predict, disc.shape, 2, strides=(4, 2))
+    ring = ((yy - 40) ** 2 + (xx - 70) ** 2 < 12**2).astype(int) + disc  # three classes: 0, 1, 2
+
+    def predict3(ys, xs):
+        return np.eye(3, dtype=np.float32)[ring[ys, xs]]
+
+    three, _ = coarse_to_fine(predict3, ring.shape, 3)
+    np.testing.assert_array_equal(three.argmax(0), ring)
     one_row, _ = coarse_to_fine(predict, (1, 130), 2)  # a 1-pixel-high slice still works
     np.testing.assert_array_equal(one_row.argmax(0)[0], disc[0])
 
