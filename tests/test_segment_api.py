@@ -229,7 +229,7 @@ def test_stroke_selection_and_projection_roundtrip(tmp_path):
     np.testing.assert_array_equal(labels, seg.predict(img))
     np.testing.assert_allclose(proba, seg.predict_proba(img), atol=1e-6)
     loaded = ScribbleSegmenter.load(seg.save(tmp_path / "s"), tiny())
-    assert loaded.feature_set == seg.feature_set and loaded.classifier._model is None  # numpy tree walk
+    assert loaded.feature_set == seg.feature_set and loaded.classifier._model is None  # rebuilt trees
     np.testing.assert_allclose(loaded.predict_proba(img), proba, atol=1e-6)
 
 

@@ -4,10 +4,14 @@ Both keep their fitted state as plain arrays, so a saved segmenter is an ``.npz`
 ``allow_pickle=False`` (no unpickling). The forest is the default, by measurement with sparse strokes
 (``benchmarks/segment_strokes.py``): logistic regression, chosen earlier on thousands of random dots,
 falls behind an ilastik-style filter forest when a user paints a few hundred pixels. The forest just
-fitted predicts with scikit-learn's compiled trees; a loaded one walks its exported node arrays.
+fitted predicts with scikit-learn's compiled trees; a loaded one rebuilds them from its exported node
+arrays (falling back to walking the arrays in numpy if scikit-learn's tree layout is unknown).
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -67,15 +71,17 @@ class LogisticClassifier:
 
 
 class ForestClassifier:
-    """scikit-learn random forest; prediction runs on the exported node arrays (numpy only)."""
+    """scikit-learn random forest, exported as plain node arrays (saved without pickle)."""
 
     kind = "random_forest"
     linear = False
 
-    def __init__(self, n_estimators: int = 100, max_depth: int | None = None, seed: int = 0):
+    # 50 trees: on the sparse-stroke dev images as good as 100 (benchmarks/segment_strokes.py), half the time
+    def __init__(self, n_estimators: int = 50, max_depth: int | None = None, seed: int = 0):
         self.n_estimators, self.max_depth, self.seed = n_estimators, max_depth, seed
         self.nodes: dict[str, np.ndarray] = {}
         self._model = None  # the fitted scikit-learn forest (fast prediction), absent after loading
+        self._trees: list | None = None  # after loading: the node arrays as scikit-learn's compiled trees
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> ForestClassifier:
         from sklearn.ensemble import RandomForestClassifier
@@ -117,6 +123,17 @@ class ForestClassifier:
             proba = np.zeros((len(X), self.nodes["value"].shape[1]), np.float32)
             proba[:, self._model.classes_.astype(int)] = self._model.predict_proba(X)
             return proba
+        if self._trees is None:
+            self._trees = compiled_trees(self.nodes, X.shape[1])
+        if self._trees:
+            X = np.ascontiguousarray(X, np.float32)
+            with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+                parts = list(pool.map(lambda t: t.predict(X), self._trees))
+            return (np.sum(parts, axis=0) / len(parts)).astype(np.float32)
+        return self._walk(X)
+
+    def _walk(self, X: np.ndarray) -> np.ndarray:
+        """The forest evaluated in numpy (when scikit-learn's tree layout is not the one we know)."""
         n = self.nodes
         proba = np.zeros((len(X), n["value"].shape[1]), np.float32)
         rows = np.arange(len(X))
@@ -139,6 +156,33 @@ class ForestClassifier:
         clf = cls()
         clf.nodes = dict(state)
         return clf
+
+
+def compiled_trees(nodes: dict[str, np.ndarray], num_features: int) -> list:
+    """scikit-learn `Tree` objects rebuilt from exported node arrays (no unpickling: their documented
+    state layout, filled from our arrays); [] when this scikit-learn's layout is not the one we know."""
+    from sklearn.tree._tree import Tree
+
+    bounds = [*nodes["roots"].tolist(), len(nodes["left"])]
+    k = nodes["value"].shape[1]
+    trees = []
+    try:
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            tree = Tree(num_features, np.array([k], np.intp), 1)
+            layout = tree.__getstate__()["nodes"].dtype
+            arr = np.zeros(b - a, layout)
+            leaf = nodes["left"][a:b] < 0
+            arr["left_child"] = np.where(leaf, -1, nodes["left"][a:b] - a)
+            arr["right_child"] = np.where(leaf, -1, nodes["right"][a:b] - a)
+            arr["feature"] = np.where(leaf, -2, nodes["feature"][a:b])
+            arr["threshold"] = np.where(leaf, -2.0, nodes["threshold"][a:b])
+            arr["n_node_samples"], arr["weighted_n_node_samples"] = 1, 1.0
+            values = np.ascontiguousarray(nodes["value"][a:b, None, :], np.float64)
+            tree.__setstate__({"max_depth": b - a, "node_count": b - a, "nodes": arr, "values": values})
+            trees.append(tree)
+    except (KeyError, ValueError, TypeError):
+        return []
+    return trees
 
 
 def make_classifier(kind: str, seed: int = 0, **kwargs) -> LogisticClassifier | ForestClassifier:

@@ -3,7 +3,7 @@
 A stroke is a connected piece of one class in the scribbles. Pixels of one stroke are nearly copies of
 each other, so the honest validation holds whole strokes out (grouped folds): a feature set that only
 memorises where the user painted scores badly there. `choose_columns` returns the candidate that
-validates best, the first one listed on ties (list the safest first).
+validates best, the first one listed on ties (list the preferred one first).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-MAX_FOLDS = 4
-CV_TREES = 16
+MAX_FOLDS = 3  # 3 folds of 8 trees choose as well as 4 of 16 on the dev images, at 3x less cost
+CV_TREES = 8
 TIE = 0.005
 
 
