@@ -88,19 +88,24 @@ def weight_matrix(
     return out
 
 
-def tap_span(
+def _weights_and_span(
     length: torch.Tensor, size: int, mode: str, antialias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first, last) source pixel, each (n, size), that `weight_matrix`'s row i may weight."""
-    idx, _ = _plain_taps(length, size, mode)
-    first, last = idx.amin(-1), idx.amax(-1)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`weight_matrix` for boxes at offset 0 (window: the longest box) and, each (n, size), the first
+    and last source pixel row i may weight (taps are sorted, so no reduction is needed)."""
+    n = length.shape[0]
+    out = torch.zeros(n, size, int(length.max()), device=length.device)
+    idx, w = _plain_taps(length, size, mode)
     use_aa = antialias & (mode != "nearest")
+    out.scatter_add_(2, idx, w * (~use_aa)[:, None, None])
+    first, last = idx[..., 0], idx[..., -1]
     if bool(use_aa.any()):
-        idx, _ = _antialias_taps(length, size, mode)
+        idx, w = _antialias_taps(length, size, mode)
+        out.scatter_add_(2, idx, w * use_aa[:, None, None])
         on = use_aa[:, None]
-        first = torch.where(on, torch.minimum(first, idx.amin(-1)), first)
-        last = torch.where(on, torch.maximum(last, idx.amax(-1)), last)
-    return first, last
+        first = torch.where(on, torch.minimum(first, idx[..., 0]), first)
+        last = torch.where(on, torch.maximum(last, idx[..., -1]), last)
+    return out, first, last
 
 
 def _block_bands(first: torch.Tensor, last: torch.Tensor, block: int) -> tuple[list, list]:
@@ -139,11 +144,11 @@ def _resample_each(x, image, boxes, size, interpolation, antialias, parts=None) 
     width weights, transposing the box view and reversing weight rows (exact: no gather pass)."""
     top, left, bh, bw = boxes.unbind(-1)
     shrink = ((bh > size) | (bw > size)) & antialias
-    zero = torch.zeros_like(top)
-    weights, bands = [], []
+    weights, bands, block = [], [], _block(size)
     for length in (bh, bw):
-        weights.append(weight_matrix(length, zero, int(length.max()), size, interpolation, shrink))
-        bands.append(_block_bands(*tap_span(length, size, interpolation, shrink), block := _block(size)))
+        w, first, last = _weights_and_span(length, size, interpolation, shrink)
+        weights.append(w)
+        bands.append(_block_bands(first, last, block))
     (wy, wx), ((by, by_rev), (bx, bx_rev)) = weights, bands
     n_crops, c = len(boxes), x.shape[1]
     flags = [(False, False, False)] * n_crops if parts is None else [tuple(p) for p in parts.tolist()]
