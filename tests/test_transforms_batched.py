@@ -21,7 +21,8 @@ from cellfm.transforms import (
 )
 from cellfm.transforms import multicrop as multicrop_module
 from cellfm.transforms.batched import BatchedMultiCrop, draw_boxes, widen
-from cellfm.transforms.resample import _resample_group, apply_parts, resample_boxes
+from cellfm.transforms.intensity import gaussian_blur
+from cellfm.transforms.resample import _resample_group, apply_parts, blur_square, resample_boxes
 from scipy.stats import ks_2samp
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -95,6 +96,16 @@ def test_symmetries_folded_into_the_resampling_weights_are_the_gathered_ones(dih
         torch.testing.assert_close(
             apply_parts(plain, bm._parts(x.device)[choice]), bm.symmetries(plain, choice)
         )
+
+
+@pytest.mark.parametrize("size", [4, 9, 64, 150])
+def test_blur_as_banded_products_is_the_depthwise_convolution(size):
+    """CPU blurs square crops as G @ y @ G^T: the same pixels as `gaussian_blur` (its radius from the
+    largest sigma, reflect padding; replicate once the radius reaches the crop size)."""
+    g = torch.Generator().manual_seed(size)
+    y = torch.randn(5, 3, size, size, generator=g)
+    sigma = torch.tensor([0.1, 0.4, 1.0, 1.5, 0.7])
+    torch.testing.assert_close(blur_square(y, sigma), gaussian_blur(y, sigma), atol=1e-5, rtol=1e-5)
 
 
 def test_same_boxes_give_the_same_normalised_crops(monkeypatch):

@@ -23,7 +23,7 @@ from .channels import check_channels
 from .config import AugmentConfig
 from .intensity import gaussian_blur
 from .multicrop import MultiCrop
-from .resample import resample_boxes
+from .resample import blur_square, resample_boxes
 
 
 def _rand(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
@@ -352,7 +352,8 @@ class BatchedMultiCrop:
             return y
         idx = on.nonzero().flatten()
         y = y if inplace else y.clone()
-        y[idx] = gaussian_blur(y[idx], sigma[idx])
+        square = y.device.type == "cpu" and y.shape[-1] == y.shape[-2]
+        y[idx] = (blur_square if square else gaussian_blur)(y[idx], sigma[idx])
         return y
 
     def noise(self, y: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:

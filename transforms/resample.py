@@ -14,6 +14,7 @@ import math
 import torch
 
 from .geometry import INTERPOLATIONS
+from .intensity import gaussian_kernels
 
 
 def _cubic(t: torch.Tensor, a: float) -> torch.Tensor:
@@ -229,3 +230,36 @@ def apply_parts(y: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
     y = torch.where(t, y.mT, y)
     y = torch.where(fr, y.flip(-2), y)
     return torch.where(fc, y.flip(-1), y)
+
+
+def blur_matrices(sigma: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
+    """(n, size, size) matrices ``G`` with ``G @ row`` = `gaussian_blur`'s 1-D pass (its kernels, its
+    radius from the largest sigma, reflect padding or replicate when the radius reaches the size),
+    and that radius."""
+    radius = max(1, int(math.ceil(3.0 * float(sigma.max()))))
+    k = gaussian_kernels(sigma, radius)  # (n, K)
+    src = torch.arange(size, device=sigma.device)[:, None] + torch.arange(
+        -radius, radius + 1, device=sigma.device
+    )
+    if radius < size:  # reflect without repeating the edge pixel, as F.pad(mode="reflect")
+        src = torch.where(src < 0, -src, torch.where(src > size - 1, 2 * (size - 1) - src, src))
+    else:
+        src = src.clamp(0, size - 1)
+    g = torch.zeros(len(sigma), size, size, device=sigma.device)
+    g.scatter_add_(2, src.expand(len(sigma), -1, -1), k[:, None, :].expand(-1, size, -1).contiguous())
+    return g, radius
+
+
+def blur_square(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`gaussian_blur` of square crops (n, C, S, S) on CPU as two banded products per crop,
+    ``G @ y @ G^T`` (several times faster than the depthwise convolutions there)."""
+    n, c, s, _ = y.shape
+    g, radius = blur_matrices(sigma, s)
+    block = s if s <= 128 else _block(s)  # small crops: one product over the whole crop is faster
+    bands = [(max(0, j - radius), min(s, j + block + radius)) for j in range(0, s, block)]
+    out = torch.empty_like(y)
+    tmp = torch.empty(c, s, s)
+    for i in range(n):
+        _banded_left(g[i], y[i].mT, bands, block, tmp)  # (y G^T)^T
+        _banded_left(g[i], tmp.mT, bands, block, out[i])
+    return out
