@@ -150,7 +150,7 @@ class Normalize:
         """Apply fitted statistics; `x` (B, C, H, W) of any dtype, returns float32."""
         # one pass to float (integers convert inside the subtraction), then divide in place
         out = torch.sub(x, offset) if x.dtype in _INT_SUB else to_float(x) - offset
-        out = out.div_(scale)
+        out = out.div_(scale) if torch.broadcast_shapes(out.shape, scale.shape) == out.shape else out / scale
         if self.clip and self.mode in ("percentile", "range"):
             out = out.clamp_(0.0, 1.0)
         return out
