@@ -4,7 +4,8 @@ python benchmarks/data_path.py                 # 4 fields of 5 x 1080 x 1080 uin
 python benchmarks/data_path.py --json out.json # also write the headline numbers there
 python benchmarks/data_path.py --tiny          # CI smoke: 2 small fields, small crops
 
-Host side (one worker, in-process, CPU seconds per image, stable on a shared machine):
+Host side (one worker, in-process, CPU seconds per image, stable on a shared machine; old and new
+are measured in interleaved rounds and each keeps its best round, likewise the augmentation):
   old = what a worker does today per image: read the region as float32, per-sample MultiCrop,
         collate with iBOT masks;
   new = read the raw region (uint16) + pack + iBOT masks (augmentation moved to the device).
@@ -63,26 +64,39 @@ def recipe(tiny: bool, batch: int, augment: str):
     return load_ssl_config("train/cellpainting5", over)
 
 
-def host_cpu_s_per_image(stream: BatchStream, n_batches: int) -> tuple[float, list[dict]]:
-    """CPU seconds per image to produce host batches (after a warm-up that caches the masks)."""
-    batches = stream.loader.host_batches(0)
-    for im in range(len(stream.crops.images)):
-        stream.crops._usable(im)  # foreground masks once per field, outside the timing
-    next(batches)
-    t = time.process_time()
-    out = [next(batches) for _ in range(n_batches)]
-    return (time.process_time() - t) / (n_batches * stream.batch_size), out
+def host_cpu_s_per_image(
+    streams: list[BatchStream], n_batches: int, rounds: int
+) -> tuple[list[float], list[dict]]:
+    """CPU seconds per image to produce host batches, for each stream: rounds of `n_batches`
+    interleaved across the streams (so load changes on a shared machine hit all alike), best round
+    each, after a warm-up that caches the foreground masks. Also the last stream's first batches."""
+    gens = []
+    for stream in streams:
+        for im in range(len(stream.crops.images)):
+            stream.crops._usable(im)  # foreground masks once per field, outside the timing
+        gens.append(stream.loader.host_batches(0))
+        next(gens[-1])
+    best, kept = [float("inf")] * len(streams), []
+    for _ in range(rounds):
+        for i, (stream, batches) in enumerate(zip(streams, gens)):
+            t = time.process_time()
+            out = [next(batches) for _ in range(n_batches)]
+            best[i] = min(best[i], (time.process_time() - t) / (n_batches * stream.batch_size))
+            kept = kept or (out if i == len(streams) - 1 else [])
+    return best, kept
 
 
-def cpu_rate(fn, n_images: int, reps: int) -> float:
-    """Images per CPU second of `fn` (best of `reps` after a warm-up)."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.process_time()
+def cpu_rates(fns: list, n_images: int, reps: int) -> list[float]:
+    """Images per CPU second of each of `fns`: best of `reps` interleaved runs, after a warm-up."""
+    for fn in fns:
         fn()
-        best = min(best, time.process_time() - t)
-    return n_images / best
+    best = [float("inf")] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            t = time.process_time()
+            fn()
+            best[i] = min(best[i], time.process_time() - t)
+    return [n_images / b for b in best]
 
 
 def gpu_rate(fn, n_images: int, reps: int) -> float:
@@ -102,15 +116,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per batch on the CPU rows")
     parser.add_argument("--gpu-batch", type=int, default=128, help="images per batch on the GPU rows")
     args = parser.parse_args()
-    n_fields, size, n_batches, reps = (2, 160, 2, 1) if args.tiny else (4, 1080, 4, 3)
+    n_fields, size, n_batches, reps = (2, 160, 2, 1) if args.tiny else (4, 1080, 3, 5)
     torch.set_num_threads(1)  # one worker / one core
     rows, res = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         uri = write_plate(str(Path(tmp) / "bench.ome.zarr"), n_fields, size)
         old = BatchStream(recipe(args.tiny, args.batch, "cpu"), [uri])
         new = BatchStream(recipe(args.tiny, args.batch, "device"), [uri])
-        res["host_cpu_s_per_image_old"], _ = host_cpu_s_per_image(old, n_batches)
-        res["host_cpu_s_per_image_new"], raw_batches = host_cpu_s_per_image(new, n_batches)
+        (old_s, new_s), raw_batches = host_cpu_s_per_image([old, new], n_batches, reps)
+        res["host_cpu_s_per_image_old"], res["host_cpu_s_per_image_new"] = old_s, new_s
         rows += [
             {"what": "host: read float32 + MultiCrop + collate (today)", "cpu_s_per_image": res["host_cpu_s_per_image_old"]},
             {"what": "host: read raw uint16 + pack + masks (new)", "cpu_s_per_image": res["host_cpu_s_per_image_new"]},
@@ -127,8 +141,9 @@ def main() -> None:
         def per_sample():
             collate([mc(regions[i], g) for i in range(b)])
 
-        res["device_images_per_s_cpu_old"] = cpu_rate(per_sample, b, reps)
-        res["device_images_per_s_cpu_new"] = cpu_rate(lambda: batched(x, g, native_dtype=native), b, reps)
+        res["device_images_per_s_cpu_old"], res["device_images_per_s_cpu_new"] = cpu_rates(
+            [per_sample, lambda: batched(x, g, native_dtype=native)], b, reps
+        )
         rows += [
             {"what": f"augment on CPU: per-sample MultiCrop + collate, B={b}", "images_per_s": res["device_images_per_s_cpu_old"]},
             {"what": f"augment on CPU: BatchedMultiCrop, B={b}", "images_per_s": res["device_images_per_s_cpu_new"]},

@@ -21,7 +21,8 @@ from cellfm.transforms import (
 )
 from cellfm.transforms import multicrop as multicrop_module
 from cellfm.transforms.batched import BatchedMultiCrop, draw_boxes, widen
-from cellfm.transforms.resample import _resample_group, resample_boxes
+from cellfm.transforms.intensity import gaussian_blur
+from cellfm.transforms.resample import _resample_group, apply_parts, blur_square, resample_boxes
 from scipy.stats import ks_2samp
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -76,6 +77,35 @@ def test_symmetries_are_the_per_sample_ops(dihedral):
             ref = y[k].flip(-1) if k & 1 else y[k]
             ref = ref.flip(-2) if k & 2 else ref
         assert torch.equal(out[k], ref), k
+
+
+@pytest.mark.parametrize("dihedral", [True, False])
+def test_symmetries_folded_into_the_resampling_weights_are_the_gathered_ones(dihedral):
+    """CPU folds each crop's symmetry into its banded weights (swapped height / width weights,
+    reversed rows): the same pixels as resampling and then gathering, for every symmetry."""
+    bm = BatchedMultiCrop(MultiCrop(8, 4, 1, geometry=GeometryConfig(dihedral=dihedral)))
+    x = torch.rand(3, 2, 150, 130, generator=torch.Generator().manual_seed(4))
+    k = 8 if dihedral else 4
+    boxes = torch.tensor([[5, 7, 120, 100], [0, 0, 150, 130], [30, 40, 50, 61], [9, 3, 64, 64]] * k)
+    image = torch.arange(len(boxes)) % 3
+    choice = torch.arange(len(boxes)) % k
+    for size in (64, 100):  # several banded blocks per crop; shrinking and upsampling boxes
+        plain = resample_boxes(x, image, boxes, size, "bicubic", True)
+        folded = resample_boxes(x, image, boxes, size, "bicubic", True, parts=bm._parts(x.device)[choice])
+        torch.testing.assert_close(folded, bm.symmetries(plain, choice), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            apply_parts(plain, bm._parts(x.device)[choice]), bm.symmetries(plain, choice)
+        )
+
+
+@pytest.mark.parametrize("size", [4, 9, 64, 150])
+def test_blur_as_banded_products_is_the_depthwise_convolution(size):
+    """CPU blurs square crops as G @ y @ G^T: the same pixels as `gaussian_blur` (its radius from the
+    largest sigma, reflect padding; replicate once the radius reaches the crop size)."""
+    g = torch.Generator().manual_seed(size)
+    y = torch.randn(5, 3, size, size, generator=g)
+    sigma = torch.tensor([0.1, 0.4, 1.0, 1.5, 0.7])
+    torch.testing.assert_close(blur_square(y, sigma), gaussian_blur(y, sigma), atol=1e-5, rtol=1e-5)
 
 
 def test_same_boxes_give_the_same_normalised_crops(monkeypatch):

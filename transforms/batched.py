@@ -23,7 +23,7 @@ from .channels import check_channels
 from .config import AugmentConfig
 from .intensity import gaussian_blur
 from .multicrop import MultiCrop
-from .resample import resample_boxes
+from .resample import blur_square, resample_boxes
 
 
 def _rand(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
@@ -81,6 +81,23 @@ def _symmetry_table(size: int, dihedral: bool, device: torch.device) -> torch.Te
     else:
         ops = [grid, grid.flip(-1), grid.flip(-2), grid.flip(-2, -1)]
     return torch.stack([op.reshape(-1) for op in ops])
+
+
+def symmetry_parts(dihedral: bool) -> torch.Tensor:
+    """`_symmetry_table`'s ops as (transpose, flip rows, flip columns), applied in that order."""
+    grid = torch.arange(9).view(3, 3)
+    table = _symmetry_table(3, dihedral, grid.device)
+    combos = [(t, r, c) for t in (False, True) for r in (False, True) for c in (False, True)]
+    out = []
+    for op in table:
+        for t, r, c in combos:
+            y = grid.T if t else grid
+            y = y.flip(0) if r else y
+            y = y.flip(1) if c else y
+            if torch.equal(y.reshape(-1), op):
+                out.append((t, r, c))
+                break
+    return torch.tensor(out)
 
 
 def _draw_factors(cfg, g: torch.Generator | None, dev: torch.device, n: int, c: int) -> torch.Tensor:
@@ -212,13 +229,19 @@ class BatchedMultiCrop:
         geo = r.geometry
         boxes = draw_boxes(n * b, h, w, scale, geo.ratio, g, dev)
         image = torch.arange(n * b, device=dev) % b
-        y = resample_boxes(xf, image, boxes, size, geo.interpolation, geo.antialias)
-        y = self.symmetries(y, self._draw_symmetries(n * b, g, dev))
+        choice = self._draw_symmetries(n * b, g, dev)
+        if dev.type == "cpu":  # the symmetry folded into the resampling weights
+            y = resample_boxes(xf, image, boxes, size, geo.interpolation, geo.antialias,
+                               parts=self._parts(dev)[choice])  # fmt: skip
+        else:
+            y = resample_boxes(xf, image, boxes, size, geo.interpolation, geo.antialias)
+            y = self.symmetries(y, choice)
         cid = None if cidx is None else cidx.repeat(n)[:, None]
-        out_stats = self._output_stats(y, cid)
+        mean = y.mean(dim=(-2, -1), keepdim=True)
+        out_stats = self._output_stats(y, cid, mean)
         blur_p = torch.tensor(blur_p, device=dev).repeat_interleave(b)
         if self.fold_affine:
-            return self._folded(y, out_stats, blur_p, cid, g).to(self.dtype)
+            return self._folded(y, out_stats, blur_p, cid, g, mean).to(self.dtype)
         y = self.intensity(y, g)
         y = self.blur(y, blur_p, g)
         y = self.noise(y, g)
@@ -227,27 +250,28 @@ class BatchedMultiCrop:
         y = self.drop(y, g)
         return y.to(self.dtype)
 
-    def _output_stats(self, y: torch.Tensor, cid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The output normalisation's statistics; z-scores in two fast passes (same values as
-        `Normalize.stats`, whose Welford kernel is several times slower on CPU)."""
+    def _output_stats(
+        self, y: torch.Tensor, cid: torch.Tensor | None, mean: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output normalisation's statistics; z-scores in two fast passes from the crops' `mean`
+        (same values as `Normalize.stats`, whose Welford kernel is several times slower on CPU)."""
         norm = self.recipe.output_norm
         n_px = y.shape[-1] * y.shape[-2]
         if norm.mode != "zscore" or (norm.max_samples is not None and n_px > norm.max_samples):
             return norm.stats(y, cid)
-        mean = y.mean(dim=(-2, -1), keepdim=True)
         std = (y - mean).square_().mean(dim=(-2, -1), keepdim=True).sqrt_()
         return mean, std.clamp_(min=norm.eps)
 
-    def _folded(self, y, stats, blur_p, cid, g) -> torch.Tensor:
+    def _folded(self, y, stats, blur_p, cid, g, mean) -> torch.Tensor:
         """Brightness, contrast, blur, Gaussian noise, rescale, output norm and drop as one
-        per-crop-channel map ``A * blur(y) + B`` plus scaled noise. Draws the random numbers in the
-        order and shapes of the op-by-op path, so both give the same crops."""
+        per-crop-channel map ``A * blur(y) + B`` plus scaled noise, in place on `y` (the crops,
+        whose per-channel `mean` is given). Draws the random numbers in the order and shapes of the
+        op-by-op path, so both give the same crops."""
         ints = self.recipe.intensity
         n, c = y.shape[:2]
         dev = y.device
         a = torch.ones(n, c, 1, 1, device=dev)
         b = torch.zeros(n, c, 1, 1, device=dev)
-        mean = y.mean(dim=(-2, -1), keepdim=True)
         for cfg, centred in ((ints.brightness, False), (ints.contrast, True)):
             if cfg.p <= 0:
                 continue
@@ -255,7 +279,7 @@ class BatchedMultiCrop:
             # brightness: f * y; contrast: f * y + (1 - f) * mean(y), with y = a * y0 + b
             b = f * b + (1 - f) * (a * mean + b) if centred else f * b
             a = f * a
-        y = self.blur(y, blur_p, g)
+        y = self.blur(y, blur_p, g, inplace=True)
         noise = _draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
         s = torch.ones(n, c, 1, 1, device=dev)  # what multiplies the noise
         factor = self.rescale(torch.ones(n, c, 1, 1, device=dev), cid, g)
@@ -263,10 +287,10 @@ class BatchedMultiCrop:
         a, b, s = a * factor / sc, (b * factor - off) / sc, s * factor / sc
         keep = self.drop(torch.ones(n, c, 1, 1, device=dev), g)
         a, b, s = a * keep, b * keep, s * keep
-        y = torch.addcmul(b, y, a)
+        y = y.mul_(a).add_(b)
         if noise is not None:
             idx, eps = noise
-            y[idx] += s[idx] * eps
+            y.index_add_(0, idx, eps.mul_(s[idx]))
         return y
 
     # -- geometry ------------------------------------------------------------------------------------
@@ -276,6 +300,13 @@ class BatchedMultiCrop:
             return torch.randint(8, (n,), generator=g, device=dev)
         u = _rand(g, dev, n, 2)
         return (u[:, 0] < geo.p_horizontal_flip).long() + 2 * (u[:, 1] < geo.p_vertical_flip).long()
+
+    def _parts(self, dev: torch.device) -> torch.Tensor:
+        """(8 or 4, 3) bool: each symmetry as (transpose, flip rows, flip columns) of the crop."""
+        key = ("parts", self.recipe.geometry.dihedral, dev)
+        if key not in self._tables:
+            self._tables[key] = symmetry_parts(self.recipe.geometry.dihedral).to(dev)
+        return self._tables[key]
 
     def symmetries(self, y: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """Apply symmetry `choice[i]` (an index into `random_dihedral`'s or `random_flip`'s ops) to
@@ -306,8 +337,11 @@ class BatchedMultiCrop:
             y = torch.where(on, y.clamp(min=0.0).pow(e), y)
         return y
 
-    def blur(self, y: torch.Tensor, p: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        """Gaussian blur of the crops whose coin (probability `p[i]`) comes up; the others are kept."""
+    def blur(
+        self, y: torch.Tensor, p: torch.Tensor, g: torch.Generator | None, inplace: bool = False
+    ) -> torch.Tensor:
+        """Gaussian blur of the crops whose coin (probability `p[i]`) comes up; the others are kept
+        (`inplace`: the blurred crops are written into `y`)."""
         cfg = self.recipe.intensity.blur
         if not bool((p > 0).any()):
             return y
@@ -317,8 +351,9 @@ class BatchedMultiCrop:
         if not bool(on.any()):
             return y
         idx = on.nonzero().flatten()
-        y = y.clone()
-        y[idx] = gaussian_blur(y[idx], sigma[idx])
+        y = y if inplace else y.clone()
+        square = y.device.type == "cpu" and y.shape[-1] == y.shape[-2]
+        y[idx] = (blur_square if square else gaussian_blur)(y[idx], sigma[idx])
         return y
 
     def noise(self, y: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from ._utils import dtype_max, to_float
 
 MODES = ("identity", "percentile", "zscore", "dataset", "range")
 _QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
+_INT_SUB = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # int - float32 -> float32
 
 
 def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
@@ -25,11 +26,13 @@ def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     histogram, which is several times faster than sorting.
     """
     if not flat.is_floating_point():
-        flat = flat.to(torch.int64)  # uint16/uint32 lack min/max kernels
-        lo, hi = int(flat.min()), int(flat.max())
-        if hi - lo < 1 << 17:
-            return _histogram_quantiles(flat - lo, hi - lo + 1, qs) + lo
-        flat = flat.double()
+        # a contiguous copy we own (uint16/uint32 lack min/max kernels); int32 where values fit
+        small = flat.dtype in (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32)
+        own = flat.to(torch.int32 if small else torch.int64, copy=True, memory_format=torch.contiguous_format)
+        lo, hi = (int(v) for v in torch.aminmax(own))
+        if hi - lo < 1 << 17 and own.shape[0] * (hi - lo + 1) < 1 << 31:
+            return _histogram_quantiles(own.sub_(lo), hi - lo + 1, qs) + lo
+        flat = own.double()
     q = torch.tensor(list(qs), dtype=flat.dtype, device=flat.device)
     rows = max(1, _QUANTILE_MAX_NUMEL // max(flat.shape[-1], 1))
     parts = [torch.quantile(flat[i : i + rows], q, dim=-1) for i in range(0, flat.shape[0], rows)]
@@ -37,10 +40,11 @@ def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
 
 
 def _histogram_quantiles(values: torch.Tensor, bins: int, qs: Sequence[float]) -> torch.Tensor:
-    """Exact quantiles of non-negative integers < `bins` per row, from cumulative counts."""
+    """Exact quantiles of non-negative integers < `bins` per row, from cumulative counts (`values`
+    is a contiguous integer tensor the caller owns: it is overwritten)."""
     r, n = values.shape
-    offsets = torch.arange(r, device=values.device)[:, None] * bins
-    counts = torch.bincount((values + offsets).flatten(), minlength=r * bins).view(r, bins)
+    offsets = torch.arange(r, device=values.device, dtype=values.dtype)[:, None] * bins
+    counts = torch.bincount(values.add_(offsets).flatten(), minlength=r * bins).view(r, bins)
     cdf = counts.cumsum(dim=1)  # cdf[v] = how many values <= v
     out = []
     for q in qs:
@@ -144,7 +148,9 @@ class Normalize:
 
     def apply(self, x: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Apply fitted statistics; `x` (B, C, H, W) of any dtype, returns float32."""
-        out = (to_float(x) - offset) / scale
+        # one pass to float (integers convert inside the subtraction), then divide in place
+        out = torch.sub(x, offset) if x.dtype in _INT_SUB else to_float(x) - offset
+        out = out.div_(scale) if torch.broadcast_shapes(out.shape, scale.shape) == out.shape else out / scale
         if self.clip and self.mode in ("percentile", "range"):
             out = out.clamp_(0.0, 1.0)
         return out

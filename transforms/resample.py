@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from .geometry import INTERPOLATIONS, resized_crop
+from .geometry import INTERPOLATIONS
+from .intensity import gaussian_kernels
 
 
 def _cubic(t: torch.Tensor, a: float) -> torch.Tensor:
@@ -88,20 +89,85 @@ def weight_matrix(
     return out
 
 
-def _resample_each(x, image, boxes, size, interpolation, antialias) -> torch.Tensor:
-    """CPU: one pair of matrix products per crop straight on its box (a view, no window copy), or
-    `resized_crop` itself for boxes over 4x the output area."""
+def _weights_and_span(
+    length: torch.Tensor, size: int, mode: str, antialias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`weight_matrix` for boxes at offset 0 (window: the longest box) and, each (n, size), the first
+    and last source pixel row i may weight (taps are sorted, so no reduction is needed)."""
+    n = length.shape[0]
+    out = torch.zeros(n, size, int(length.max()), device=length.device)
+    idx, w = _plain_taps(length, size, mode)
+    use_aa = antialias & (mode != "nearest")
+    out.scatter_add_(2, idx, w * (~use_aa)[:, None, None])
+    first, last = idx[..., 0], idx[..., -1]
+    if bool(use_aa.any()):
+        idx, w = _antialias_taps(length, size, mode)
+        out.scatter_add_(2, idx, w * use_aa[:, None, None])
+        on = use_aa[:, None]
+        first = torch.where(on, torch.minimum(first, idx[..., 0]), first)
+        last = torch.where(on, torch.maximum(last, idx[..., -1]), last)
+    return out, first, last
+
+
+def _block_bands(first: torch.Tensor, last: torch.Tensor, block: int) -> tuple[list, list]:
+    """Column range [lo, hi) of each block of `block` rows, for the rows in order and reversed:
+    two (n, blocks) nested lists of (lo, hi)."""
+    n, s = first.shape
+    pad = -s % block
+    out = []
+    for f, la in ((first, last), (first.flip(1), last.flip(1))):
+        f = torch.cat([f, f[:, -1:].expand(n, pad)], 1) if pad else f
+        la = torch.cat([la, la[:, -1:].expand(n, pad)], 1) if pad else la
+        lo = f.view(n, -1, block).amin(-1).tolist()
+        hi = (la.view(n, -1, block).amax(-1) + 1).tolist()
+        out.append([list(zip(a, b)) for a, b in zip(lo, hi)])
+    return out[0], out[1]
+
+
+def _banded_left(
+    a: torch.Tensor, x: torch.Tensor, bands: list[tuple[int, int]], block: int, out: torch.Tensor
+) -> None:
+    """out = a @ x for banded (S, L) `a` and (C, L, M) `x`, one small product per block of rows."""
+    for j, (lo, hi) in enumerate(bands):
+        rows = slice(j * block, (j + 1) * block)
+        torch.matmul(a[rows, lo:hi], x[:, lo:hi], out=out[:, rows])
+
+
+def _block(size: int) -> int:
+    """Rows per banded block: a few blocks per crop (one block up to 48 px)."""
+    return size if size <= 48 else -(-size // max(2, round(size / 56)))
+
+
+def _resample_each(x, image, boxes, size, interpolation, antialias, parts=None) -> torch.Tensor:
+    """CPU: two banded left products per crop straight on its box (a view, no window copy):
+    ``crop = A @ (B @ box'^T)^T`` (``box'`` the box or its transpose), with the symmetry
+    `parts[n]` (transpose, flip rows, flip columns of the crop) folded in by swapping the height and
+    width weights, transposing the box view and reversing weight rows (exact: no gather pass)."""
     top, left, bh, bw = boxes.unbind(-1)
     shrink = ((bh > size) | (bw > size)) & antialias
-    zero = torch.zeros_like(top)
-    wy = weight_matrix(bh, zero, int(bh.max()), size, interpolation, shrink)
-    wx = weight_matrix(bw, zero, int(bw.max()), size, interpolation, shrink).transpose(1, 2)
-    out = torch.empty(len(boxes), x.shape[1], size, size)
-    for n, (i, y0, x0, h, w) in enumerate(zip(image.tolist(), *(v.tolist() for v in (top, left, bh, bw)))):
-        if h * w > 4 * size * size:  # strong shrink: dense matrices waste work, interpolate's kernel wins
-            out[n] = resized_crop(x[i], (y0, x0, h, w), size, interpolation, antialias)
-            continue
-        torch.matmul(wy[n, :, :h], torch.matmul(x[i, :, y0 : y0 + h, x0 : x0 + w], wx[n, :w]), out=out[n])
+    weights, bands, block = [], [], _block(size)
+    for length in (bh, bw):
+        w, first, last = _weights_and_span(length, size, interpolation, shrink)
+        weights.append(w)
+        bands.append(_block_bands(first, last, block))
+    (wy, wx), ((by, by_rev), (bx, bx_rev)) = weights, bands
+    n_crops, c = len(boxes), x.shape[1]
+    flags = [(False, False, False)] * n_crops if parts is None else [tuple(p) for p in parts.tolist()]
+    out = torch.empty(n_crops, c, size, size)
+    tmp = torch.empty(c, size, max(int(bh.max()), int(bw.max())))
+    rows = zip(image.tolist(), *(v.tolist() for v in (top, left, bh, bw)), flags)
+    for n, (i, y0, x0, h, w, (tr, fr, fc)) in enumerate(rows):
+        box = x[i, :, y0 : y0 + h, x0 : x0 + w]
+        # crop = A box' B^T; box' = box (A: height weights) or box^T (A: width weights)
+        (a, la, ba, ra), (b, lb, bb, rb) = (wx, w, bx, bx_rev), (wy, h, by, by_rev)
+        if not tr:
+            (a, la, ba, ra), (b, lb, bb, rb) = (b, lb, bb, rb), (a, la, ba, ra)
+        a, bands_a = (a[n, :, :la].flip(0), ra[n]) if fr else (a[n, :, :la], ba[n])
+        b, bands_b = (b[n, :, :lb].flip(0), rb[n]) if fc else (b[n, :, :lb], bb[n])
+        xt = box if tr else box.mT  # box'^T
+        t_n = tmp[:, :, :la]
+        _banded_left(b, xt, bands_b, block, t_n)
+        _banded_left(a, t_n.mT, bands_a, block, out[n])
     return out
 
 
@@ -133,6 +199,7 @@ def resample_boxes(
     interpolation: str = "bicubic",
     antialias: bool = True,
     groups: int = 4,
+    parts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Resized crops of float `x` (B, C, H, W): crop n is box ``boxes[n] = (top, left, h, w)`` of
     image ``image[n]`` resampled to (size, size); returns (n, C, size, size) float32.
@@ -142,7 +209,9 @@ def resample_boxes(
     batched groups of similar box size, each crop reading a window of its group's largest box.
     """
     if x.device.type == "cpu":
-        return _resample_each(x, image, boxes, size, interpolation, antialias)
+        return _resample_each(x, image, boxes, size, interpolation, antialias, parts)
+    if parts is not None:
+        return apply_parts(resample_boxes(x, image, boxes, size, interpolation, antialias, groups), parts)
     n = boxes.shape[0]
     groups = max(1, min(groups, n // 8))
     if groups == 1:
@@ -151,4 +220,46 @@ def resample_boxes(
     out = torch.empty(n, x.shape[1], size, size, device=x.device)
     for part in order.tensor_split(groups):
         out[part] = _resample_group(x, image[part], boxes[part], size, interpolation, antialias)
+    return out
+
+
+def apply_parts(y: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """Crop n of square (n, C, S, S) transposed, then its rows and its columns reversed, as
+    `parts[n]` (transpose, flip rows, flip columns) says."""
+    t, fr, fc = (p[:, None, None, None] for p in parts.unbind(-1))
+    y = torch.where(t, y.mT, y)
+    y = torch.where(fr, y.flip(-2), y)
+    return torch.where(fc, y.flip(-1), y)
+
+
+def blur_matrices(sigma: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
+    """(n, size, size) matrices ``G`` with ``G @ row`` = `gaussian_blur`'s 1-D pass (its kernels, its
+    radius from the largest sigma, reflect padding or replicate when the radius reaches the size),
+    and that radius."""
+    radius = max(1, int(math.ceil(3.0 * float(sigma.max()))))
+    k = gaussian_kernels(sigma, radius)  # (n, K)
+    src = torch.arange(size, device=sigma.device)[:, None] + torch.arange(
+        -radius, radius + 1, device=sigma.device
+    )
+    if radius < size:  # reflect without repeating the edge pixel, as F.pad(mode="reflect")
+        src = torch.where(src < 0, -src, torch.where(src > size - 1, 2 * (size - 1) - src, src))
+    else:
+        src = src.clamp(0, size - 1)
+    g = torch.zeros(len(sigma), size, size, device=sigma.device)
+    g.scatter_add_(2, src.expand(len(sigma), -1, -1), k[:, None, :].expand(-1, size, -1).contiguous())
+    return g, radius
+
+
+def blur_square(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`gaussian_blur` of square crops (n, C, S, S) on CPU as two banded products per crop,
+    ``G @ y @ G^T`` (several times faster than the depthwise convolutions there)."""
+    n, c, s, _ = y.shape
+    g, radius = blur_matrices(sigma, s)
+    block = s if s <= 128 else _block(s)  # small crops: one product over the whole crop is faster
+    bands = [(max(0, j - radius), min(s, j + block + radius)) for j in range(0, s, block)]
+    out = torch.empty_like(y)
+    tmp = torch.empty(c, s, s)
+    for i in range(n):
+        _banded_left(g[i], y[i].mT, bands, block, tmp)  # (y G^T)^T
+        _banded_left(g[i], tmp.mT, bands, block, out[i])
     return out

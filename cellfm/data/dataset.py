@@ -19,6 +19,7 @@ from cellfm.data.plates import list_fields
 from cellfm.data.sharding import current_shard
 from cellfm.data.stats import ChannelStats
 from cellfm.data.stores import Image
+from cellfm.data.window_reads import read_windows
 
 log = logging.getLogger(__name__)
 WEIGHTINGS = ("field", "well", "plate")
@@ -255,7 +256,7 @@ class CropDataset(IterableDataset):
         yield from self._read_windows(im, windows, [f"{self.epoch}:{g}:{j}" for j in range(n)])
 
     def _read_windows(self, im: Image, windows: list[tuple[int, int]], items: list[str]) -> Iterator[Sample]:
-        """Read crops; one read of their bounding box when it is no larger than the crops together."""
+        """Read crops; windows that share chunks are cut from one read of their chunks' union."""
         c = self.crop
         ok = []
         for (y, x), item in zip(windows, items):
@@ -275,13 +276,11 @@ class CropDataset(IterableDataset):
             ok.append((y, x, item))
         if not ok:
             return
-        y0, x0 = min(o[0] for o in ok), min(o[1] for o in ok)
-        y1, x1 = max(o[0] for o in ok) + c, max(o[1] for o in ok) + c
-        if len(ok) > 1 and (y1 - y0) * (x1 - x0) <= len(ok) * c * c:
-            block = self._safe(im, lambda: im.read(y0, x0, y1 - y0, x1 - x0))
-            if block is not None:
-                for y, x, item in ok:
-                    crop = self._finite(im, block[:, y - y0 : y - y0 + c, x - x0 : x - x0 + c], y, x)
+        if len(ok) > 1:  # windows sharing chunks: each chunk decoded once
+            crops = self._safe(im, lambda: read_windows(im, [(y, x) for y, x, _ in ok], c))
+            if crops is not None:
+                for (y, x, item), data in zip(ok, crops):
+                    crop = self._finite(im, data, y, x)
                     if crop is not None:
                         yield self._to_tensor(crop), self._meta(im, y, x, item)
                 return
