@@ -88,6 +88,11 @@ class AsyncSaver:
     collectives go over a gloo group of their own (created here: every process constructs one)."""
 
     def __init__(self, out_dir: str | Path, is_main: bool):
+        if not hasattr(dcp, "async_save"):
+            raise RuntimeError(
+                f"train.async_checkpoint: torch {torch.__version__} has no torch.distributed.checkpoint."
+                "async_save; set train.async_checkpoint=false or upgrade torch"
+            )
         self.root, self.is_main = Path(out_dir) / CHECKPOINTS, is_main
         distributed = dist.is_initialized() and dist.get_world_size() > 1
         self.group = dist.new_group(backend="gloo") if distributed else None
