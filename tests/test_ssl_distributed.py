@@ -119,6 +119,7 @@ def test_two_processes_match_one(batches, tmp_path, mode):
         ("fsdp", 2, 1, "auto"),
         ("fsdp", 1, 2, "sharded"),
         ("fsdp", 1, 2, "auto"),  # a full-state checkpoint.pt, read by the main process and broadcast
+        ("fsdp", 2, 1, "sharded;train.async_checkpoint=true"),  # written in the background
         ("ddp", 2, 1, "auto"),
         ("ddp", 1, 2, "auto"),
     ],
