@@ -14,6 +14,7 @@ ROOT = Path(__file__).parents[1]
 # benchmark script -> the JSON file its --tiny run writes under benchmarks/results/
 BENCHMARKS = {
     "backbone": "backbone_tiny.json",
+    "checkpoint": "checkpoint_tiny.json",
     "comm": "comm_tiny.json",
     "ssl_step": "ssl_step_tiny.json",
     "transforms": "transforms_tiny.json",

@@ -115,7 +115,14 @@ def test_two_processes_match_one(batches, tmp_path, mode):
 
 @pytest.mark.parametrize(
     "mode,first,rest,fmt",
-    [("fsdp", 2, 1, "auto"), ("fsdp", 1, 2, "sharded"), ("ddp", 2, 1, "auto"), ("ddp", 1, 2, "auto")],
+    [
+        ("fsdp", 2, 1, "auto"),
+        ("fsdp", 1, 2, "sharded"),
+        ("fsdp", 1, 2, "auto"),  # a full-state checkpoint.pt, read by the main process and broadcast
+        ("fsdp", 2, 1, "sharded;train.async_checkpoint=true"),  # written in the background
+        ("ddp", 2, 1, "auto"),
+        ("ddp", 1, 2, "auto"),
+    ],
 )
 def test_checkpoint_resumes_on_another_number_of_processes(batches, tmp_path, mode, first, rest, fmt):
     """A checkpoint written by `first` processes resumes on `rest` processes and ends where an

@@ -15,6 +15,7 @@ from ..config import apply_overrides, from_dict, merge, read_yaml_config
 from ..data.workers import check_loader_settings
 from ..models.config import ModelConfig
 from .config_ranges import check_ranges
+from .high_res import check_high_res
 
 OFFICIAL_EPOCH_LENGTH = 1250
 
@@ -88,6 +89,18 @@ class TeacherConfig:
 
 
 @dataclass
+class HighResConfig:
+    """DINOv2's high-resolution adaptation: the last `iters` iterations of the schedule (lr, wd and
+    teacher momentum continue) at larger crops, the positional embedding interpolated per crop size.
+    Unset local / field sizes scale with global_crops_size (local rounded to the patch size)."""
+
+    iters: int = 0  # 0: off
+    global_crops_size: int = 518
+    local_crops_size: int | None = None
+    field_crop_size: int | None = None
+
+
+@dataclass
 class TrainConfig:
     batch_size_per_device: int = 64
     epochs: int = 100
@@ -109,6 +122,10 @@ class TrainConfig:
     # auto: sharded (torch.distributed.checkpoint, DIR/checkpoints/) with several processes, one
     # full-state DIR/checkpoint.pt with one; both resume on any number of processes.
     checkpoint_format: str = "auto"  # auto | sharded | full
+    # Sharded checkpoints written in a background thread (training goes on once the shards are in
+    # host memory; `latest` moves when the write is complete). Implies the sharded format.
+    async_checkpoint: bool = False
+    high_res: HighResConfig = field(default_factory=HighResConfig)
     collapse_warn_entropy: float = 0.05  # fraction of log(K) under which the teacher counts as collapsed
     tensorboard: bool = True
 
@@ -174,10 +191,15 @@ class SSLConfig:
             raise ValueError(
                 f"train.checkpoint_format must be auto, sharded or full, got {self.train.checkpoint_format!r}"
             )
+        if self.train.async_checkpoint and self.train.checkpoint_format == "full":
+            raise ValueError(
+                "train.async_checkpoint writes sharded checkpoints; it needs checkpoint_format auto or sharded"
+            )
         if self.teacher.centering not in ("centering", "sinkhorn_knopp"):
             raise ValueError(
                 f"teacher.centering must be centering or sinkhorn_knopp, got {self.teacher.centering!r}"
             )
+        check_high_res(self)
         if self.data.field_crop_size < crops.global_crops_size:
             raise ValueError(
                 f"data.field_crop_size {self.data.field_crop_size} is smaller than the global crops "

@@ -11,13 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
 from ..config import from_dict
@@ -26,26 +20,25 @@ from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from ..locking import exclusive
 from ..models.config import backbone_from_config
 from .batches import BatchStream
-from .checkpointing import (
-    export_backbone,
-    load_training_state,
-    save_training_state,
-)
+from .checkpointing import export_backbone, load_training_state, save_training_state
 from .config import SSLConfig
+from .high_res import CropPhases, high_res_sizes
 from .meta_arch import SSLMetaArch, _heads, trainable_backbone
 from .monitor import Monitor, peak_memory_mb, plot_loss_curve
 from .parallel import parallelize
 from .param_groups import param_groups
 from .run_identity import check_run, record_run
 from .schedules import Schedules, cosine_schedule, linear_then_constant, scaled_lr
-from .sharded_checkpoint import (
-    latest_sharded,
-    load_module_from_sharded,
-    load_sharded,
-    read_info,
-    save_sharded,
-)
+from .sharded_checkpoint import AsyncSaver, latest_sharded, load_module_from_sharded, read_info, save_sharded
 from .throughput import DataWait
+from .training_state import (
+    fold_center_updates,
+    full_state,
+    load_full_state,
+    load_sharded_state,
+    read_full_state,
+    sharded_state,
+)
 
 log = logging.getLogger("cellfm.pretrain")
 BAD_DATA_LOG = "bad_data.jsonl"
@@ -105,8 +98,9 @@ class Trainer:
         self.out = Path(out_dir)
         self.info = info or init_distributed()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.data = BatchStream(cfg, sources, self.info.rank, self.info.world_size, self.info.device)
-        self.data.crops.bad_data_log = str(self.out / BAD_DATA_LOG)  # skipped items, all processes
+        self.sources = list(sources)
+        self.data = self._stream(cfg)
+        self.phases = CropPhases(cfg, self.data, self._stream)  # train.high_res: larger crops at the end
         self.data_wait = DataWait(self.data.num_workers, self.data.augment_on)
         backbone = backbone_from_config(cfg.model)
         teacher = (
@@ -130,23 +124,23 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.info.device.type) if cfg.train.precision == "fp16" else None
         self.schedules = build_schedules(cfg, self.info.world_size)
         self.step = 0
+        self._saver: AsyncSaver | None = None  # train.async_checkpoint: made at the first save
         self.monitor = Monitor(
             self.out, self.info.is_main, cfg.train.collapse_warn_entropy, cfg.train.tensorboard
         )
 
+    def _stream(self, cfg: SSLConfig) -> BatchStream:
+        stream = BatchStream(cfg, self.sources, self.info.rank, self.info.world_size, self.info.device)
+        stream.crops.bad_data_log = str(self.out / BAD_DATA_LOG)  # skipped items, all processes
+        return stream
+
     # -- state ----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        # Fold the lagged centre updates in now: they are not part of the module state, and
-        # applying them before the next step's targets gives the same values.
-        self.meta.dino_loss.centering.apply_update()
-        self.meta.ibot_loss.centering.apply_update()
-        # Full (unsharded) tensors and optimizer state keyed by parameter name: a checkpoint written
-        # by N processes (DDP or FSDP) resumes on any number. Collective: every process calls it.
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        """The full-state checkpoint (`training_state.full_state`: tensors on the main process only).
+        Collective: every process calls it."""
         return {
             "step": self.step,
-            "meta": get_model_state_dict(self.meta, options=full),  # on the main process only
-            "optimizer": get_optimizer_state_dict(self.meta.student, self.optimizer, options=full),
+            **full_state(self.meta, self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": torch.get_rng_state(),
             "config": asdict(self.cfg),
@@ -155,15 +149,9 @@ class Trainer:
     @property
     def sharded_checkpoints(self) -> bool:
         fmt = self.cfg.train.checkpoint_format
-        return fmt == "sharded" or (fmt == "auto" and self.info.world_size > 1)
-
-    def _sharded_state(self) -> dict[str, Any]:
-        """This process's shards of the model and optimizer state (DTensors under FSDP2)."""
-        return {
-            "meta": get_model_state_dict(self.meta),
-            "optimizer": get_optimizer_state_dict(self.meta.student, self.optimizer),
-            "rng": torch.get_rng_state(),
-        }
+        return fmt == "sharded" or (
+            fmt == "auto" and (self.info.world_size > 1 or self.cfg.train.async_checkpoint)
+        )
 
     def _check_model(self, saved_config: dict) -> None:
         saved = from_dict(SSLConfig, saved_config)
@@ -176,9 +164,7 @@ class Trainer:
     def _resume_sharded(self, path: Path) -> None:
         info = read_info(path)
         self._check_model(info["config"])
-        state = load_sharded(path, self._sharded_state())
-        set_model_state_dict(self.meta, state["meta"])
-        set_optimizer_state_dict(self.meta.student, self.optimizer, state["optimizer"])
+        state = load_sharded_state(self.meta, self.optimizer, path)
         if self.scaler and info.get("scaler"):
             self.scaler.load_state_dict(info["scaler"])
         torch.set_rng_state(state["rng"])
@@ -194,17 +180,11 @@ class Trainer:
             self.monitor.truncate_after(self.step)
             log.info("resumed %s at step %d (sharded checkpoint %s)", self.out, self.step, sharded.name)
             return True
-        state = load_training_state(self.out)
+        state = read_full_state(self.out)  # the main process reads it; the others get broadcasts
         if state is None:
             return False
         self._check_model(state["config"])
-        full = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.meta, state["meta"], options=full)  # shards the tensors under FSDP
-        optim = state["optimizer"]
-        if all(isinstance(k, int) for k in optim["state"]):  # older checkpoints: state keyed by position
-            self.optimizer.load_state_dict(optim)
-        else:
-            set_optimizer_state_dict(self.meta.student, self.optimizer, optim, options=full)
+        load_full_state(self.meta, self.optimizer, state)
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
@@ -216,16 +196,30 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint and export; every process calls it (the weights may be sharded over them)."""
         if self.sharded_checkpoints:
-            self.meta.dino_loss.centering.apply_update()
-            self.meta.ibot_loss.centering.apply_update()
+            fold_center_updates(self.meta)
             info = {"config": asdict(self.cfg), "scaler": self.scaler.state_dict() if self.scaler else None}
-            save_sharded(self.out, self._sharded_state(), self.step, info, self.info.is_main)
+            if self.cfg.train.async_checkpoint:  # written in the background; committed by the next save
+                self._async_saver().save(sharded_state(self.meta, self.optimizer), self.step, info)
+            else:
+                save_sharded(
+                    self.out, sharded_state(self.meta, self.optimizer), self.step, info, self.info.is_main
+                )
         else:
             state = self.state()
             if self.info.is_main:
                 save_training_state(self.out, state)
         self.export()
         barrier()
+
+    def _async_saver(self) -> AsyncSaver:
+        if self._saver is None:
+            self._saver = AsyncSaver(self.out, self.info.is_main)  # collective: a gloo group of its own
+        return self._saver
+
+    def finish_saves(self) -> None:
+        """Collective: wait for a background checkpoint write and commit it (a no-op without one)."""
+        if self._saver is not None:
+            self._saver.wait()
 
     def export_model(self) -> nn.Module | None:
         """A plain copy of the output backbone (teacher, or student EMA when distilling) in its
@@ -334,6 +328,7 @@ class Trainer:
         end = min(steps or cfg.total_iters, cfg.total_iters)
         self.meta.train()
         self.meta.teacher.eval()
+        self.data = self.phases.stream_at(self.step)
         batches = self.data.from_step(self.step)
         bar = tqdm(total=end, initial=self.step, disable=not self.info.is_main, desc="pretrain", unit="step")
         last: dict[str, float] = {}
@@ -343,9 +338,16 @@ class Trainer:
                 log.info("time limit reached at step %d; saving", self.step)
                 self.save()
                 break
+            if self.phases.stream_at(self.step) is not self.data:  # the high-resolution phase begins
+                batches.close()
+                self.data = self.phases.stream_at(self.step)
+                batches = self.data.from_step(self.step)
+                log.info("step %d: high-resolution phase, crops %s", self.step, high_res_sizes(self.cfg))
             waited = time.perf_counter()
             batch = next(batches)
+            size = self.phases.global_crops_size(self.step)
             last = self.train_step(batch, time.perf_counter() - waited)
+            last["global_crops_size"] = size
             wait_frac = self.data_wait.update(last["data_wait_s"], last["compute_s"], self.step)
             knn_every = cfg.evaluation.knn_every
             if knn_every and self.step % knn_every == 0:
@@ -365,6 +367,7 @@ class Trainer:
                 self.save()
             elif cfg.train.export_every and self.step % cfg.train.export_every == 0:
                 self.export()
+        self.finish_saves()
         bar.close()
         summary = summarize(self.out / BAD_DATA_LOG) if self.info.is_main else None
         if summary:

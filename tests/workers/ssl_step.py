@@ -61,6 +61,7 @@ def main(batches_file: str, out_file: str, mode: str, phase: str = "all", extra:
     logs = [trainer.train_step(shard(b, info.rank, info.world_size)) for b in todo]
     if phase == "first":
         trainer.save()
+        trainer.finish_saves()  # train.async_checkpoint: wait for the background write, commit it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     from cellfm.ssl.checkpointing import full_state_dict
