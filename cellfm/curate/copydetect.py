@@ -114,15 +114,18 @@ def aligned_similarity(a: np.ndarray, b: np.ndarray, radius: int = 5) -> float:
     return best
 
 
-def copy_groups(image: np.ndarray, model: np.ndarray, thumbs: np.ndarray, cfg) -> tuple[np.ndarray, int]:
+def copy_groups(image: np.ndarray, model: np.ndarray, thumbs: np.ndarray, cfg,
+                counter: list[int] | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
     """Duplicate groups (`dedup.duplicate_groups`): candidate pairs by the combined descriptors'
     cosine >= `cfg.candidate_threshold` among `cfg.neighbours` nearest neighbours (faiss), confirmed by
-    `aligned_similarity` of their thumbnails >= `cfg.duplicate_threshold`."""
+    `aligned_similarity` of their thumbnails >= `cfg.duplicate_threshold` (`counter[0]` counts checks)."""
     from .dedup import duplicate_groups
 
     radius = max(1, round(RADIUS_FRACTION * thumbs.shape[-1]))
 
     def verify(i: int, j: int) -> bool:
+        if counter is not None:
+            counter[0] += 1
         return aligned_similarity(thumbs[i], thumbs[j], radius) >= cfg.duplicate_threshold
 
     return duplicate_groups(combine(image, model, cfg.image_weight), cfg.candidate_threshold, cfg.neighbours,
