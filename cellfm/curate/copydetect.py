@@ -98,20 +98,47 @@ def alignment_thumbnails(window: np.ndarray, size: int = THUMBNAIL, fine: float 
     return out.astype(np.float16)
 
 
+def _spectrum(thumbs: np.ndarray) -> np.ndarray:
+    """The zero-padded 2-D FFT of a (Z, C, h, w) thumbnail stack (what `aligned_similarity` correlates)."""
+    from scipy import fft
+
+    h, w = thumbs.shape[-2:]
+    return fft.rfft2(thumbs.astype(np.float32), s=(2 * h, 2 * w))
+
+
+def _best_shift(fa: np.ndarray, fb: np.ndarray, h: int, w: int, radius: int) -> float:
+    from scipy import fft
+
+    pairs = [(0, 0)] + [(z, 0) for z in range(1, len(fa))] + [(0, z) for z in range(1, len(fb))]
+    best = -1.0
+    for za, zb in pairs:
+        cc = fft.irfft2((fa[za] * np.conj(fb[zb])).sum(0), s=(2 * h, 2 * w))
+        cc = np.roll(cc, (radius, radius), axis=(0, 1))[: 2 * radius + 1, : 2 * radius + 1]
+        best = max(best, float(cc.max()))
+    return best
+
+
 def aligned_similarity(a: np.ndarray, b: np.ndarray, radius: int = 5) -> float:
     """The best correlation of two `alignment_thumbnails` stacks over shifts of up to `radius` thumbnail
     pixels each way (zero-padded FFT cross-correlation, summed over channels) and over either window
     zoomed against the other's full view: about 1 for a copy, shifted, zoomed or not."""
-    _, _, h, w = a.shape
-    fa = np.fft.rfft2(a.astype(np.float32), s=(2 * h, 2 * w))
-    fb = np.fft.rfft2(b.astype(np.float32), s=(2 * h, 2 * w))
-    pairs = [(0, 0)] + [(z, 0) for z in range(1, len(a))] + [(0, z) for z in range(1, len(b))]
-    best = -1.0
-    for za, zb in pairs:
-        cc = np.fft.irfft2((fa[za] * np.conj(fb[zb])).sum(0), s=(2 * h, 2 * w))
-        cc = np.roll(cc, (radius, radius), axis=(0, 1))[: 2 * radius + 1, : 2 * radius + 1]
-        best = max(best, float(cc.max()))
-    return best
+    h, w = a.shape[-2:]
+    return _best_shift(_spectrum(a), _spectrum(b), h, w, radius)
+
+
+class _Spectra:
+    """FFTs of the thumbnails of the last `size` rows asked for (rows come in runs: a row and its
+    neighbours), so that each is transformed about once."""
+
+    def __init__(self, thumbs: np.ndarray, size: int = 256):
+        self.thumbs, self.size, self.cache = thumbs, size, {}
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self.cache:
+            if len(self.cache) >= self.size:
+                self.cache.pop(next(iter(self.cache)))  # the oldest entry
+            self.cache[i] = _spectrum(self.thumbs[i])
+        return self.cache[i]
 
 
 def copy_groups(image: np.ndarray, model: np.ndarray, thumbs: np.ndarray, cfg,
@@ -122,11 +149,12 @@ def copy_groups(image: np.ndarray, model: np.ndarray, thumbs: np.ndarray, cfg,
     from .dedup import duplicate_groups
 
     radius = max(1, round(RADIUS_FRACTION * thumbs.shape[-1]))
+    spectra, (h, w) = _Spectra(thumbs), thumbs.shape[-2:]
 
     def verify(i: int, j: int) -> bool:
         if counter is not None:
             counter[0] += 1
-        return aligned_similarity(thumbs[i], thumbs[j], radius) >= cfg.duplicate_threshold
+        return _best_shift(spectra[i], spectra[j], h, w, radius) >= cfg.duplicate_threshold
 
     return duplicate_groups(combine(image, model, cfg.image_weight), cfg.candidate_threshold, cfg.neighbours,
                             cfg.exact_max, verify=verify)  # fmt: skip
