@@ -1,6 +1,7 @@
 """Curation at scale on a synthetic plate (tiny model): embedding rows/s of the tile-level embedding that
 `cellfm curate` runs, then duplicate search and hierarchical k-means time and peak memory as the number of
-tiles doubles (rows beyond the embedded ones are the embedded features plus noise).
+tiles doubles (rows beyond the embedded ones are the embedded features plus noise), and the aligned
+copy-detection check of the duplicate candidates.
 
 python benchmarks/curate.py          # embed 2,560 and 5,120 tiles; dedup / k-means 5k to 40k tiles
 python benchmarks/curate.py --tiny   # CI smoke: 128 / 256 tiles embedded, 500 / 1,000 rows
@@ -63,6 +64,48 @@ def embed_case(tmp: Path, model: str, fields: int, size: int) -> tuple[dict, np.
     return {"tiles": len(X), "embed_s": seconds, "rows_per_s": len(X) / seconds}, X
 
 
+def window_descriptors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Low-pass descriptors and alignment thumbnails of `n` synthetic 64 px tiles (blobs plus noise)."""
+    from scipy import ndimage
+
+    from cellfm.curate.copydetect import alignment_thumbnails, image_descriptor
+
+    rng = np.random.default_rng(seed)
+    image, thumbs = [], []
+    for _ in range(n):
+        tile = ndimage.gaussian_filter((rng.random((TILE, TILE)) > 0.99).astype(np.float32), 3) * 4e5
+        tile = (tile + rng.normal(200, 20, tile.shape))[None]
+        image.append(image_descriptor(tile))
+        thumbs.append(alignment_thumbnails(tile))
+    return np.stack(image), np.stack(thumbs)
+
+
+def copy_check_case(base: np.ndarray, windows: tuple[np.ndarray, np.ndarray], n: int) -> dict:
+    """`copy_groups` (faiss candidates + the aligned check) on `n` rows drawn from the embedded tiles
+    with their window descriptors: drawn twice, a tile is a duplicate (the worst case: many checks)."""
+    from cellfm.curate.config import CurateConfig
+    from cellfm.curate.copydetect import combine, copy_groups
+    from cellfm.curate.dedup import duplicate_groups
+
+    rng = np.random.default_rng(n)
+    pick = rng.integers(0, len(base), n)
+    x = base[pick] + rng.normal(0, 0.05, (n, base.shape[1])).astype(np.float32)
+    image, thumbs = windows[0][pick], windows[1][pick]
+    checks = [0]
+    cfg = CurateConfig()
+    start = time.perf_counter()  # the candidate search alone (faiss over the combined descriptors)
+    duplicate_groups(combine(image, x, cfg.image_weight), cfg.candidate_threshold, cfg.neighbours)
+    candidates_s = time.perf_counter() - start
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        _, pairs = copy_groups(image, x, thumbs, cfg, counter=checks)
+        seconds = time.perf_counter() - start
+    check_s = max(seconds - candidates_s, 0.0)
+    return {"rows": n, "candidates_s": candidates_s, "check_s": check_s, "pairs_checked": checks[0],
+            "duplicate_pairs": pairs, "ms_per_check": 1e3 * check_s / max(checks[0], 1), "peak_mb": mem.delta_mb,
+            "thumbs_mb": thumbs.nbytes / 2**20}  # fmt: skip
+
+
 def index_case(base: np.ndarray, n: int) -> dict:
     from cellfm.curate.dedup import duplicate_groups
     from cellfm.curate.kmeans import default_levels, hierarchical_kmeans
@@ -103,7 +146,15 @@ def main() -> None:
     index_rows = [index_case(base, n) for n in rows]
     print("\nduplicate search (faiss, exact up to 20k rows, HNSW above) and hierarchical k-means")
     print(table(index_rows, ["rows", "dedup_s", "dedup_peak_mb", "kmeans_s", "kmeans_peak_mb", "input_mb"]))
-    path = save("curate", {"machine": machine(), "embed": embed_rows, "index": index_rows}, args.tiny)
+    windows = window_descriptors(len(base))
+    check_rows = [
+        copy_check_case(base, windows, n) for n in ((250, 500) if args.tiny else (2500, 5000, 10000))
+    ]
+    print("\ncopy detection: faiss candidates (cosine >= 0.5) confirmed by the aligned thumbnail check")
+    print(table(check_rows, ["rows", "candidates_s", "check_s", "pairs_checked", "duplicate_pairs", "ms_per_check",
+                             "peak_mb", "thumbs_mb"]))  # fmt: skip
+    path = save("curate", {"machine": machine(), "embed": embed_rows, "index": index_rows,
+                           "copy_check": check_rows}, args.tiny)  # fmt: skip
     print(f"saved {path}")
 
 

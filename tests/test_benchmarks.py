@@ -24,6 +24,7 @@ BENCHMARKS = {
     "segment": "segment_tiny.json",
     "segment_strokes": "segment_strokes_tiny.json",
     "curate": "curate_tiny.json",
+    "copy_detection": "copy_detection_tiny.json",
 }
 
 

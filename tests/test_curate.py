@@ -45,11 +45,11 @@ def test_curation_flags_injected_duplicates_empty_and_blurred_fields(curated):
     recall, precision = tp / injected.sum(), tp / max(flagged.sum(), 1)
     per_kind = flagged[injected].groupby(kind[injected]).mean().round(2).to_dict()
     print(f"duplicates: recall {recall:.3f} precision {precision:.3f} per kind {per_kind}")
-    # Copies the shipped tiny model sees as the same image are all found; shifted / zoomed copies are its
-    # weak point (README "Curation"): their recall is reported, not asserted.
-    for k in ("dup_exact", "dup_noise", "dup_intensity"):
-        assert per_kind[k] == 1.0, per_kind
-    assert precision >= 0.9
+    # Exact, noisy, 1-3 px shifted, 5% zoomed and intensity-rescaled copies (README "Curation";
+    # held-out plates: benchmarks/copy_detection.py).
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision, per_kind)
+    assert set(per_kind) == {"dup_exact", "dup_noise", "dup_shift", "dup_rescale", "dup_intensity"}
+    assert min(per_kind.values()) >= 2 / 3, per_kind  # no kind is mostly missed
     # A duplicate points at its original (or at a row of the same group).
     for i in np.flatnonzero((flagged & injected).to_numpy()):
         target = reason.iloc[i].split(":", 1)[1]
@@ -213,6 +213,36 @@ def test_qc_measures_and_reasons():
     ms = [measure(a[None]) for a in (cells, cells, cells, sat, nan, const)]
     m = {k: np.array([x[k] for x in ms]) for k in ms[0]}
     assert list(reasons(m, QCThresholds())) == ["ok", "ok", "ok", "saturated", "invalid", "invalid"]
+
+
+def test_copy_detection_aligns_shifted_and_zoomed_copies_only():
+    from scipy import ndimage
+
+    from cellfm.curate.copydetect import aligned_similarity, alignment_thumbnails, combine, image_descriptor
+    from tests.curate_plate import distinct_crops, near_copy
+
+    crops = distinct_crops()
+    rng = np.random.default_rng(1)
+    img = crops[5]
+    thumb = alignment_thumbnails(img[None])
+    assert thumb.shape == (2, 1, 48, 48) and thumb.dtype == np.float16
+    shifted = ndimage.shift(img.astype(np.float32), (3, -3), mode="reflect")
+    for copy in (shifted, near_copy(img, "rescale", rng), near_copy(img, "noise", rng), img * 0.5):
+        assert aligned_similarity(thumb, alignment_thumbnails(copy[None])) > 0.92
+    # unaligned (no shift search) the shifted copy correlates less: the search is what finds it
+    plain = alignment_thumbnails(shifted[None])
+    assert aligned_similarity(thumb, plain, radius=0) < aligned_similarity(thumb, plain) - 0.05
+    others = [aligned_similarity(thumb, alignment_thumbnails(c[None])) for c in crops[6:30]]
+    assert max(others) < 0.85, max(others)
+    desc = image_descriptor(img[None])
+    assert desc.shape == (256,) and abs(float(desc.std()) - 1) < 1e-3
+    assert np.allclose(image_descriptor((img * 3.0)[None]), desc, atol=1e-4)  # blind to intensity scale
+    x = combine(rng.random((5, 8)), rng.random((5, 3)), 0.25)
+    assert x.shape == (5, 11) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="image_weight"):
+        combine(np.ones((2, 2)), np.ones((2, 2)), 1.5)
+    with pytest.raises(ValueError, match="expected a non-empty"):
+        alignment_thumbnails(np.zeros((1, 0, 5)))
 
 
 def test_duplicate_groups_and_balanced_weights():

@@ -30,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-control-fraction", type=float, default=None,
                    help="cap controls at this fraction of the kept rows (reason 'cap')")  # fmt: skip
     p.add_argument("--duplicate-threshold", type=float, default=d.duplicate_threshold,
-                   help=f"cosine above which two rows are duplicates (default {d.duplicate_threshold})")  # fmt: skip
+                   help="shift/zoom-aligned band-pass correlation above which a candidate pair is a duplicate "
+                        f"(default {d.duplicate_threshold})")  # fmt: skip
+    p.add_argument("--candidate-threshold", type=float, default=d.candidate_threshold,
+                   help="descriptor cosine above which a nearest-neighbour pair is checked for duplication "
+                        f"(default {d.candidate_threshold})")  # fmt: skip
     p.add_argument("--sample-fraction", type=float, default=d.sample_fraction,
                    help="size of the balanced draw the weights describe, as a fraction of the kept rows")  # fmt: skip
     p.add_argument("--kmeans-levels", default=None, help="clusters per level, finest first, e.g. 1000,50")
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                       min_focus=args.min_focus, max_saturated=args.max_saturated)  # fmt: skip
     levels = [int(v) for v in args.kmeans_levels.split(",")] if args.kmeans_levels else None
     cfg = CurateConfig(level=args.level, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
-                       qc=qc, duplicate_threshold=args.duplicate_threshold, sample_fraction=args.sample_fraction,
+                       qc=qc, duplicate_threshold=args.duplicate_threshold,
+                       candidate_threshold=args.candidate_threshold, sample_fraction=args.sample_fraction,
                        kmeans_levels=levels, controls=parse_controls(args.controls),
                        max_control_fraction=args.max_control_fraction)  # fmt: skip
     client = None

@@ -32,8 +32,10 @@ class CurateConfig:
     batch_size: int = 8
     device: str = "cpu"
     qc: QCThresholds = field(default_factory=QCThresholds)
-    duplicate_threshold: float = 0.92  # centred cosine of the copy-detection descriptor
+    candidate_threshold: float = 0.5  # weighted centred cosine of the descriptors: candidate pairs
+    duplicate_threshold: float = 0.92  # best shift-aligned band-pass correlation: a candidate is a copy
     descriptor_grid: int = 3  # patch features pooled on a grid x grid layout for copy detection
+    image_weight: float = 0.5  # share of the low-pass image descriptor's cosine (rest: pooled patch features)
     neighbours: int = 16  # nearest neighbours examined per row for duplicates
     exact_max: int = 20000  # exact (brute-force) search up to this many rows, HNSW above
     kmeans_levels: list[int] | None = None  # clusters per level, finest first; None: n^(2/3), n^(1/3)
@@ -55,8 +57,12 @@ class CurateConfig:
             raise ValueError(f"max_control_fraction must be in [0, 1], got {self.max_control_fraction}")
         if self.max_control_fraction is not None and not self.controls:
             raise ValueError("max_control_fraction needs controls (e.g. --controls treatment=DMSO)")
+        if not -1 <= self.candidate_threshold <= 1:
+            raise ValueError(f"candidate_threshold must be in [-1, 1], got {self.candidate_threshold}")
         if self.descriptor_grid < 1 or self.neighbours < 1:
             raise ValueError("descriptor_grid and neighbours must be >= 1")
+        if not 0 <= self.image_weight <= 1:
+            raise ValueError(f"image_weight must be in [0, 1], got {self.image_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)

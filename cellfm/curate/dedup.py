@@ -6,6 +6,8 @@ similar as that of an image and its noisy copy, the pooled layout is not (README
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -55,12 +57,14 @@ def _find(parent: np.ndarray, i: int) -> int:
 
 
 def duplicate_groups(
-    x: np.ndarray, threshold: float, k: int = 16, exact_max: int = 20000
-) -> tuple[np.ndarray, int]:
+    x: np.ndarray, threshold: float, k: int = 16, exact_max: int = 20000,
+    verify: Callable[[int, int], bool] | None = None,
+) -> tuple[np.ndarray, int]:  # fmt: skip
     """For each row the row it duplicates (the lowest index of its group) or -1; and the pairs found.
 
-    Pairs with cosine >= `threshold` among each row's `k` nearest neighbours are joined (union-find), so
-    a group is the connected component of the near-duplicate graph.
+    Pairs with cosine >= `threshold` among each row's `k` nearest neighbours (and, with `verify`, for
+    which `verify(i, j)` holds: the candidates of a finer test) are joined (union-find), so a group is
+    the connected component of the near-duplicate graph.
     """
     n = len(x)
     if n == 0:
@@ -68,16 +72,23 @@ def duplicate_groups(
     sims, ids = neighbours(normalise(x), k, exact_max)
     parent = np.arange(n)
     pairs = 0
+    seen: set[tuple[int, int]] = set()
     for i in range(n):
         for s, j in zip(sims[i], ids[i]):
             if j < 0 or j == i or s < threshold:
+                continue
+            pair = (min(i, int(j)), max(i, int(j)))
+            if pair in seen:  # each pair once, whichever row found it
+                continue
+            seen.add(pair)
+            if verify is not None and not verify(*pair):
                 continue
             pairs += 1
             a, b = _find(parent, i), _find(parent, int(j))
             if a != b:
                 parent[max(a, b)] = min(a, b)  # the root is the lowest index: the first row kept
     roots = np.array([_find(parent, i) for i in range(n)])
-    return np.where(roots == np.arange(n), -1, roots), pairs // 2
+    return np.where(roots == np.arange(n), -1, roots), pairs
 
 
 def pooled_descriptor(patch_map: np.ndarray, grid: int) -> np.ndarray:

@@ -20,7 +20,8 @@ from cellfm.atomic import atomic_write, atomic_write_text
 
 from . import qc
 from .config import CurateConfig
-from .dedup import duplicate_groups, normalise, pooled_descriptor
+from .copydetect import alignment_thumbnails, copy_groups, image_descriptor
+from .dedup import normalise, pooled_descriptor
 from .kmeans import assign, default_levels, hierarchical_kmeans
 from .rebalance import balanced_weights, cap_rows, normalised_entropy
 from .table import ANNDATA, INDEX, TABLE, sha256, summary, write_table
@@ -66,23 +67,28 @@ def row_windows(
 
 
 def measure_rows(windows: pd.DataFrame, images: dict[str, Any], patch_store: Path, field_index: dict[str, int],
-                 patch: int, grid: int) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
-    """QC measures and copy-detection descriptors of every row (each field is read once)."""
+                 patch: int, grid: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """QC measures and the copy-detection descriptors of every row: pooled patch features, low-pass
+    image descriptor, band-pass alignment thumbnail (`copydetect`; each field is read once)."""
     from cellfm.embed.patch_store import read_patch_map
 
     measures = {k: np.zeros(len(windows)) for k in qc.MEASURES}
     desc: list[np.ndarray | None] = [None] * len(windows)
+    image: list[np.ndarray | None] = [None] * len(windows)
+    thumbs: list[np.ndarray | None] = [None] * len(windows)
     for src, rows in windows.groupby("source", sort=False).groups.items():
         pixels = images[src].read_full()
         pmap = read_patch_map(patch_store, field_index[src])[0]
         for r in rows:
             y, x, h, w = (int(windows.at[r, c]) for c in ("y", "x", "height", "width"))
-            for k, v in qc.measure(pixels[:, y : y + h, x : x + w]).items():
+            window = pixels[:, y : y + h, x : x + w]
+            for k, v in qc.measure(window).items():
                 measures[k][r] = v
+            image[r], thumbs[r] = image_descriptor(window), alignment_thumbnails(window)
             py, px = y // patch, x // patch
             cell = pmap[py : max(py + 1, -(-(y + h) // patch)), px : max(px + 1, -(-(x + w) // patch))]
             desc[r] = pooled_descriptor(np.asarray(cell, dtype=np.float32), grid)
-    return measures, np.stack(desc)
+    return measures, np.stack(desc), np.stack(image), np.stack(thumbs)
 
 
 def curate(
@@ -153,7 +159,8 @@ def _curate(
     field_index = {p.source: i for i, p in enumerate(plan)}
     patch = int(info["architecture"]["patch_size"])
     windows = row_windows(adata, by_source, cfg.level, patch, int(info["tile_size"]), int(info["overlap"]))
-    measures, desc = measure_rows(windows, by_source, patches, field_index, patch, cfg.descriptor_grid)
+    measures, desc, image, thumbs = measure_rows(windows, by_source, patches, field_index, patch,
+                                                 cfg.descriptor_grid)  # fmt: skip
     table = pd.DataFrame({"id": adata.obs_names.astype(str), "source": windows["source"],
                           "plate": adata.obs["plate"].astype(str).to_numpy(),
                           "well": adata.obs["well"].astype(str).to_numpy(),
@@ -169,8 +176,7 @@ def _curate(
                          "(--min-focus, --min-foreground, --min-contrast, --max-saturated)")  # fmt: skip
     # -- deduplicate the rows that pass QC ---------------------------------------------------------
     idx = np.flatnonzero(ok)
-    d = desc[idx] - desc[idx].mean(0)
-    dup_of, pairs = duplicate_groups(d, cfg.duplicate_threshold, cfg.neighbours, cfg.exact_max)
+    dup_of, pairs = copy_groups(image[idx], desc[idx], thumbs[idx], cfg)
     ids = table["id"].to_numpy()
     for j in np.flatnonzero(dup_of >= 0):
         reason[idx[j]] = f"duplicate_of:{ids[idx[dup_of[j]]]}"

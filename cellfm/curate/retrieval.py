@@ -27,15 +27,23 @@ def load_embedding(index_or_dir: str | os.PathLike):
 
     path = Path(index_or_dir)
     if path.is_dir() and (path / ANNDATA).is_file():
-        adata = ad.read_h5ad(path / ANNDATA)
+        adata = _checked(ad.read_h5ad(path / ANNDATA), path / ANNDATA)
         index = faiss.read_index(str(path / INDEX)) if (path / INDEX).is_file() else None
         return adata, index
     if str(path).endswith(".h5ad") and path.is_file():
-        return ad.read_h5ad(path), None
+        return _checked(ad.read_h5ad(path), path), None
     if str(path).rstrip("/").endswith(".zarr") and path.is_dir():
-        return ad.read_zarr(path), None
+        return _checked(ad.read_zarr(path), path), None
     raise FileNotFoundError(f"{path}: expected a `cellfm curate` folder (with {ANNDATA}) or a `cellfm embed` "
                             ".h5ad / .zarr output")  # fmt: skip
+
+
+def _checked(adata, path: Path):
+    """`adata` if it holds cellfm embeddings (rows x features X and uns["cellfm"] provenance), else an error."""
+    if "cellfm" not in adata.uns or adata.X is None or adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"{path}: no cellfm embeddings in it (X is {adata.n_obs} x {adata.n_vars}, uns keys "
+                         f"{sorted(adata.uns)}); make one with `cellfm embed` or `cellfm curate`")  # fmt: skip
+    return adata
 
 
 def read_query(query: Any, at: tuple[float, float] | None = None, crop: int | None = None) -> np.ndarray:
@@ -185,37 +193,57 @@ def result_window(row: pd.Series, info: dict, shape: tuple[int, int]) -> tuple[i
     return y, x, min(size, shape[0]), min(size, shape[1])
 
 
+def _thumb(arr: np.ndarray, size: int) -> np.ndarray:
+    """The first channel of a (C, h, w) window, percentile-scaled to [0, 1] and resized to size x size."""
+    from skimage.transform import resize
+
+    plane = np.asarray(arr[0], dtype=np.float32)
+    lo, hi = np.percentile(plane, [0.5, 99.5])
+    return resize(np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1), (size, size), anti_aliasing=True)
+
+
+def result_thumbnails(result: pd.DataFrame, query: np.ndarray, adata, size: int = 64) -> list[np.ndarray]:
+    """(size, size) thumbnails of the (C, H, W) query, then of every result row's window in its store."""
+    from cellfm.data.plates import list_fields
+
+    info = dict(adata.uns["cellfm"])
+    images = {}
+    for uri in info["stores"]:
+        images.update({im.source: im for im in list_fields(str(uri), 0)})
+    thumbs = [_thumb(query, size)]
+    for _, row in result.iterrows():
+        source = str(row["source"])
+        if source not in images:
+            raise FileNotFoundError(f"result {row['id']}: its field {source} is not in the stores the embedding "
+                                    f"records ({list(info['stores'])}); were they moved?")  # fmt: skip
+        im = images[source]
+        y, x, h, w = result_window(row, info, im.shape[1:])
+        thumbs.append(_thumb(im.read(y, x, h, w), size))
+    return thumbs
+
+
+def montage_strip(thumbs: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Thumbnails side by side, `gap` pixels apart (zeros between): one (size, n * (size + gap) - gap) image."""
+    size = thumbs[0].shape[0]
+    out = np.zeros((size, len(thumbs) * (size + gap) - gap), dtype=np.float32)
+    for i, t in enumerate(thumbs):
+        out[:, i * (size + gap) : i * (size + gap) + size] = t
+    return out
+
+
 def write_results(
     result: pd.DataFrame, query: np.ndarray, index_or_dir: str | os.PathLike, out: str | os.PathLike
 ) -> list[Path]:
     """`out/results.csv` and `out/montage.png` (the query, then the results with their scores)."""
     from cellfm.atomic import atomic_write
-    from cellfm.data.plates import list_fields
 
     from .report import montage
 
     adata, _ = load_embedding(index_or_dir)
-    info = dict(adata.uns["cellfm"])
-    images = {}
-    for uri in info["stores"]:
-        images.update({im.source: im for im in list_fields(str(uri), 0)})
+    thumbs = result_thumbnails(result, query, adata)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv = atomic_write(out / "results.csv", lambda tmp: result.to_csv(tmp, index=False))
-
-    def thumb(arr: np.ndarray) -> np.ndarray:
-        from skimage.transform import resize
-
-        plane = np.asarray(arr[0], dtype=np.float32)
-        lo, hi = np.percentile(plane, [0.5, 99.5])
-        return resize(np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1), (64, 64), anti_aliasing=True)
-
-    thumbs, titles = [[thumb(query)]], ["query"]
-    for _, row in result.iterrows():
-        im = images[str(row["source"])]
-        y, x, h, w = result_window(row, info, im.shape[1:])
-        thumbs.append([thumb(im.read(y, x, h, w))])
-        titles.append(f"{int(row['rank'])}: {row['score']:.3f}")
-    # one row of thumbnails: transpose the single-column layout
-    png = montage([[t[0] for t in thumbs]], ["  |  ".join(titles)], out / "montage.png")
+    titles = ["query"] + [f"{int(r['rank'])}: {r['score']:.3f}" for _, r in result.iterrows()]
+    png = montage([thumbs], ["  |  ".join(titles)], out / "montage.png")  # one row of thumbnails
     return [csv, out / png]
