@@ -16,7 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("index", metavar="INDEX_OR_DIR")
     p.add_argument("--query", required=True, help="image file (.tif, .png, .npy ...)")
     p.add_argument("--at", default=None, metavar="Y,X", help="search with the crop centred here (a cell)")
-    p.add_argument("--crop", type=int, default=64, help="crop edge in pixels for --at (default 64)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        help="crop edge in pixels for --at (default 64; 512 around a cell of a cell store)",
+    )
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--model", default=None, help="the model the store was embedded with (default: shipped)")
     p.add_argument("--no-rotations", action="store_true", help="do not try the 8 rotations / flips")

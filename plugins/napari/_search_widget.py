@@ -95,6 +95,10 @@ class SearchWidget(WorkerWidget):
             plane = np.asarray(plane)
             query = plane[None] if axis is None else plane  # (C, H, W)
             at = query_point(self.image.value, self.points.value, query.shape[-2:])
+            # a cell store pools each cell over its mask: the clicked cell's mask comes from a 2-D Labels
+            # layer of the image's size (the segmentation the store was embedded with)
+            labels = next((np.asarray(ly.data) for ly in self.viewer.layers if type(ly).__name__ == "Labels"
+                           and np.ndim(ly.data) == 2 and tuple(np.shape(ly.data)) == tuple(query.shape[-2:])), None)  # fmt: skip
         except ValueError as err:
             self.fail(str(err))
             return
@@ -106,7 +110,8 @@ class SearchWidget(WorkerWidget):
 
             adata, _ = load_embedding(store)  # a clear error for a store without embeddings
             tick(0.1)
-            result = search(store, query, k, model=model or recorded_model(store), at=at, crop=crop)
+            result = search(store, query, k, model=model or recorded_model(store), at=at, crop=crop,
+                            query_labels=labels)  # fmt: skip
             tick(0.8)
             return result, result_thumbnails(result, read_query(query, at, crop), adata)
 
