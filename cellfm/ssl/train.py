@@ -31,6 +31,7 @@ from .checkpointing import (
     load_training_state,
     save_training_state,
 )
+from .compile import compile_backbones
 from .config import SSLConfig
 from .meta_arch import SSLMetaArch, _heads, check_finite, trainable_backbone
 from .monitor import Monitor, peak_memory_mb, plot_loss_curve
@@ -120,6 +121,9 @@ class Trainer:
         self.meta = SSLMetaArch(cfg, backbone, teacher).to(self.info.device)
         torch.manual_seed(cfg.train.seed + self.info.rank)  # per-rank randomness from here on
         self.meta.runners = parallelize(self.meta, cfg, self.info)
+        if cfg.train.compile:  # after wrapping: FSDP's per-block hooks stay outside the graphs
+            sharded = cfg.train.distributed == "fsdp" and self.info.world_size > 1
+            compile_backbones(self.meta, per_block=sharded, backend=cfg.train.compile_backend)
         o = cfg.optim
         depth = self.meta.student["backbone"].n_blocks
         self.groups = param_groups(self.meta.student, depth, o.layerwise_decay, o.patch_embed_lr_mult)
