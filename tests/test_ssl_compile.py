@@ -17,6 +17,7 @@ from cellfm.ssl.compile import compile_backbones
 from cellfm.ssl.config import load_ssl_config
 from cellfm.ssl.meta_arch import SSLMetaArch
 
+from .test_ssl_distributed import WEIGHT_ATOL, _max_diff, _run, batches  # noqa: F401 - fixture
 from .test_ssl_train import TINY
 
 # Drop path above the subset threshold: the randperm-based stochastic depth is traced too.
@@ -127,3 +128,16 @@ def test_pretrain_with_compile_keeps_checkpoint_and_export_keys(tmp_path):
     assert set(state["meta"]) == eager_keys
     exported = cellfm.load_backbone(tmp_path / "run" / "backbone.safetensors")
     assert exported.arch.depth == 2
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_compiled_two_processes_match_one_eager(batches, tmp_path, mode):  # noqa: F811 - fixture
+    """Compiled under DDP (whole backbone) and FSDP2 (per block, hooks outside the graphs): two
+    processes end where one eager process with the whole batch ends."""
+    single = _run(batches, tmp_path / "one" / "state.pt", 1, mode)
+    compiled = "train.compile=true;train.compile_backend=aot_eager"
+    double = _run(batches, tmp_path / "two" / "state.pt", 2, mode, extra=compiled)
+    assert single["loss"] == pytest.approx(double["loss"], rel=1e-4)
+    for part in ("student", "teacher"):
+        diff, key = _max_diff(single[part], double[part])
+        assert diff < WEIGHT_ATOL, f"{part} {key} differs by {diff:.3g}"
