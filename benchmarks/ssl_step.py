@@ -37,6 +37,7 @@ class Row(NamedTuple):
     fused: bool | None = True
     compiled: bool = False  # train.compile: the backbones through torch.compile
     precision: str | None = None  # None: the run's precision (fp32 on CPU, bf16 on CUDA)
+    attention: str = "per_group"  # packed crops: one SDPA call per crop size, or "jagged" (one call)
 
 
 ROWS = [
@@ -48,6 +49,7 @@ ROWS = [
     Row("cellfm separate + subset SD, unfused loss", False, True, False),
     Row("cellfm separate + subset SD, compiled", False, compiled=True),
     Row("cellfm packed + subset SD, compiled", True, compiled=True),
+    Row("cellfm packed + subset SD, one jagged attention call", True, attention="jagged"),
     # Mixed precision on one process is autocast (FSDP's per-module policy only changes what is
     # communicated: benchmarks/comm.py); on CPUs with AMX bf16 matmuls run several times faster.
     Row("cellfm separate + subset SD, bf16 autocast", False, precision="bf16"),
@@ -223,6 +225,10 @@ class CellfmStep:
         for m in self.meta.modules():
             if isinstance(m, Block):
                 m.subset_stochastic_depth = row.subset_sd
+        if row.attention != "per_group":
+            from cellfm.models import set_packed_attention
+
+            set_packed_attention(self.meta, row.attention)
         if row.compiled:
             from cellfm.ssl.compile import compile_backbones
 
@@ -358,6 +364,7 @@ def report(s, args, rows_run, times, peaks, flops: float, matmul: dict[str, floa
                 "subset_sd": row.subset_sd,
                 "fused_head_loss": row.fused,
                 "compiled": s["compile_backend"] if row.compiled else None,
+                "packed_attention": row.attention if row.pack else None,
                 "precision": precision,
                 "s_per_step": dt,
                 "images_per_s": s["batch"] / dt,
