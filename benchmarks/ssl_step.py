@@ -283,10 +283,12 @@ def matmul_peak(device: str, dtype: torch.dtype, tiny: bool) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def active_rows(s: dict, only: str | None) -> list[Row]:
+def active_rows(s: dict, only: list[str] | None) -> list[Row]:
     """The rows of this run: all but a precision row equal to the run's own, filtered by `only`."""
     rows = [r for r in ROWS if r.precision is None or r.precision != s["precision"]]
-    return [r for r in rows if only is None or only in r.name or r is ROWS[0]]
+    if s["depth"]:  # the smoke run (--tiny) compiles one row only
+        rows = [r for r in rows if not (r.compiled and r.pack)]
+    return [r for r in rows if not only or r is ROWS[0] or any(o in r.name for o in only)]
 
 
 def main() -> None:
@@ -294,7 +296,14 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--gpu", action="store_true", help="ViT-L/14, bf16, batch 32 on CUDA")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", help="run only the rows whose name contains this (and the reference)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="run only the rows whose name contains this (repeatable; + the reference)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory runs (fresh processes)"
+    )
     args = parser.parse_args()
     s = settings(args)
     if args.gpu and not torch.cuda.is_available():
@@ -312,14 +321,15 @@ def main() -> None:
     times = [[] for _ in rows]
     for st in steps:  # warm-up (and compilation)
         st(batch)
-        st(batch)
     for _ in range(rounds):
         for i, st in enumerate(steps):
             t = time.perf_counter()
             st(batch)
             times[i].append(time.perf_counter() - t)
     del steps
-    memory = [in_fresh_process(_cpu_memory, ROWS.index(r), s) for r in rows]
+    memory = [
+        float("nan") if args.no_memory else in_fresh_process(_cpu_memory, ROWS.index(r), s) for r in rows
+    ]
     return report(s, args, rows, times, memory, flops, peaks)
 
 

@@ -141,3 +141,38 @@ def test_compiled_two_processes_match_one_eager(batches, tmp_path, mode):  # noq
     for part in ("student", "teacher"):
         diff, key = _max_diff(single[part], double[part])
         assert diff < WEIGHT_ATOL, f"{part} {key} differs by {diff:.3g}"
+
+
+def test_compiled_mlp_saves_the_fc1_output_not_the_gelu_output():
+    """The compiled graph keeps the eager path's saving (GELU recomputed in backward): of the
+    4D-wide activations only fc1's output is kept for backward (left to itself, the min-cut
+    partitioner keeps the GELU output too)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    from cellfm.models.layers import Mlp
+
+    saved: list[tuple[int, ...]] = []
+
+    def forward_compiler(gm, _inputs):
+        (outputs,) = [n.args[0] for n in gm.graph.nodes if n.op == "output"]
+        saved.extend(tuple(o.meta["val"].shape) for o in outputs[1:] if hasattr(o, "meta"))
+        return gm
+
+    backend = aot_autograd(
+        fw_compiler=forward_compiler,
+        bw_compiler=lambda gm, _inputs: gm,
+        partition_fn=min_cut_rematerialization_partition,
+    )
+    torch.manual_seed(0)
+    mlp, x = Mlp(64, 256), torch.randn(8, 17, 64, requires_grad=True)
+    torch._dynamo.reset()
+    out = torch.compile(mlp, backend=backend)(x)
+    out.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, mlp.fc1.weight, mlp.fc2.weight)]
+    assert [s for s in saved if 256 in s and 64 not in s] == [(136, 256)], saved
+    for t in (x, *mlp.parameters()):
+        t.grad = None
+    mlp.fc2(mlp.act(mlp.fc1(x))).square().sum().backward()
+    for g, t in zip(grads, (x, mlp.fc1.weight, mlp.fc2.weight)):
+        assert torch.allclose(g, t.grad, rtol=1e-5, atol=1e-6)
