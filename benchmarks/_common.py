@@ -92,7 +92,11 @@ def warm_peak_rss_mb(call) -> float:
 
 
 def _put_result(queue, fn, args) -> None:
-    queue.put(fn(*args))
+    try:
+        queue.put((True, fn(*args)))
+    except BaseException as err:  # else the parent waits for a result forever
+        queue.put((False, f"{type(err).__name__}: {err}"))
+        raise
 
 
 def in_fresh_process(fn, *args):
@@ -102,8 +106,10 @@ def in_fresh_process(fn, *args):
     queue = ctx.Queue()
     proc = ctx.Process(target=_put_result, args=(queue, fn, args))
     proc.start()
-    value = queue.get()
+    ok, value = queue.get()
     proc.join()
+    if not ok:
+        raise RuntimeError(f"{fn.__name__}{args} failed in its fresh process: {value}")
     return value
 
 

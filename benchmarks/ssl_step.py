@@ -4,11 +4,15 @@ ViT-S/14 student + EMA teacher, DINO head (65536 prototypes, shared with iBOT), 
 losses, AdamW, batch 16 with 2 x 224 + 8 x 98 crops, drop path 0.3, fp32 on CPU. The reference
 forwards each crop group separately (what the official code does without xformers) and uses the
 official DINOLoss / iBOTPatchLoss / KoLeoLoss / DINOHead. cellfm rows switch crop packing and the
-efficient (subset) stochastic depth on and off. Peak memory is measured in a fresh process per row.
+efficient (subset) stochastic depth on and off, compile the backbones (`train.compile`, inductor;
+aot_eager under --tiny) and run under bf16 autocast. Peak memory is measured in a fresh process per
+row. MFU: the official step's FLOPs (counted with torch.utils.flop_counter, forward and backward)
+per second, against the matmul peak measured in the same run (fp32, or bf16 for the bf16 row).
 
     python benchmarks/ssl_step.py              # CPU, ViT-S/14 (about 10 minutes on 2 cores)
     python benchmarks/ssl_step.py --gpu        # GPU variant: ViT-L/14, bf16, batch 32 (< 5 minutes)
     python benchmarks/ssl_step.py --tiny       # CI smoke run
+    python benchmarks/ssl_step.py --only compiled  # only the rows whose name contains "compiled"
 """
 
 from __future__ import annotations
@@ -18,27 +22,53 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import in_fresh_process, machine, save, table, warm_peak_rss_mb  # noqa: E402
+from _common import in_fresh_process, machine, matmul_peak_gflops, save, table, warm_peak_rss_mb  # noqa: E402
 
-# (name, crop packing, subset stochastic depth, fused head loss); packing None: the official step
+
+class Row(NamedTuple):
+    name: str
+    pack: bool | None  # None: the official step
+    subset_sd: bool | None = True
+    fused: bool | None = True
+    compiled: bool = False  # train.compile: the backbones through torch.compile
+    precision: str | None = None  # None: the run's precision (fp32 on CPU, bf16 on CUDA)
+    attention: str = "per_group"  # packed crops: one SDPA call per crop size, or "jagged" (one call)
+
+
 ROWS = [
-    ("official reference", None, None, None),
-    ("cellfm packed + subset SD", True, True, True),
-    ("cellfm packed + masked SD", True, False, True),
-    ("cellfm separate + subset SD", False, True, True),
-    ("cellfm separate + masked SD", False, False, True),
-    ("cellfm separate + subset SD, unfused loss", False, True, False),
+    Row("official reference", None, None, None),
+    Row("cellfm packed + subset SD", True),
+    Row("cellfm packed + masked SD", True, False),
+    Row("cellfm separate + subset SD", False),
+    Row("cellfm separate + masked SD", False, False),
+    Row("cellfm separate + subset SD, unfused loss", False, True, False),
+    Row("cellfm separate + subset SD, compiled", False, compiled=True),
+    Row("cellfm packed + subset SD, compiled", True, compiled=True),
+    Row("cellfm packed + subset SD, one jagged attention call", True, attention="jagged"),
+    # Mixed precision on one process is autocast (FSDP's per-module policy only changes what is
+    # communicated: benchmarks/comm.py); on CPUs with AMX bf16 matmuls run several times faster.
+    Row("cellfm separate + subset SD, bf16 autocast", False, precision="bf16"),
 ]
 
 
 def settings(args) -> dict:
     if args.tiny:
         return dict(
-            size="small", depth=2, batch=2, g=56, l=28, n_local=2, k=1024, device="cpu", precision="fp32"
+            size="small",
+            depth=2,
+            batch=2,
+            g=56,
+            l=28,
+            n_local=2,
+            k=1024,
+            device="cpu",
+            precision="fp32",
+            compile_backend="aot_eager",  # inductor's code generation takes minutes on a small CPU
         )
     if args.gpu:
         return dict(
@@ -51,9 +81,19 @@ def settings(args) -> dict:
             k=65536,
             device="cuda",
             precision="bf16",
+            compile_backend="inductor",
         )
     return dict(
-        size="small", depth=None, batch=16, g=224, l=98, n_local=8, k=65536, device="cpu", precision="fp32"
+        size="small",
+        depth=None,
+        batch=16,
+        g=224,
+        l=98,
+        n_local=8,
+        k=65536,
+        device="cpu",
+        precision="fp32",
+        compile_backend="inductor",
     )
 
 
@@ -157,7 +197,7 @@ class OfficialStep:
 
 # -- the cellfm step -----------------------------------------------------------------------------
 class CellfmStep:
-    def __init__(self, s: dict, device: str, pack: bool, subset: bool, fused: bool):
+    def __init__(self, s: dict, device: str, row: Row):
         from cellfm.models.config import backbone_from_config
         from cellfm.models.layers import Block
         from cellfm.ssl.config import load_ssl_config
@@ -173,9 +213,9 @@ class CellfmStep:
             f"augment.crops.local_crops_size={s['l']}",
             f"dino.head.n_prototypes={s['k']}",
             f"ibot.head.n_prototypes={s['k']}",
-            f"train.pack_crops={str(pack).lower()}",
-            f"train.fused_head_loss={str(fused).lower()}",
-            f"train.precision={s['precision']}",
+            f"train.pack_crops={str(row.pack).lower()}",
+            f"train.fused_head_loss={str(row.fused).lower()}",
+            f"train.precision={row.precision or s['precision']}",
             f"train.batch_size_per_device={s['batch']}",
         ]
         if s["depth"]:
@@ -184,7 +224,15 @@ class CellfmStep:
         self.meta = SSLMetaArch(cfg, backbone_from_config(cfg.model)).to(device)
         for m in self.meta.modules():
             if isinstance(m, Block):
-                m.subset_stochastic_depth = subset
+                m.subset_stochastic_depth = row.subset_sd
+        if row.attention != "per_group":
+            from cellfm.models import set_packed_attention
+
+            set_packed_attention(self.meta, row.attention)
+        if row.compiled:
+            from cellfm.ssl.compile import compile_backbones
+
+            compile_backbones(self.meta, backend=s["compile_backend"])
         self.opt = torch.optim.AdamW([p for p in self.meta.student.parameters() if p.requires_grad], lr=1e-4)
 
     def __call__(self, batch: dict) -> None:
@@ -198,16 +246,49 @@ class CellfmStep:
         self.meta.update_teacher(0.994)
 
 
-def build(row: tuple, s: dict, device: str):
+def build(row: Row, s: dict, device: str):
     torch.manual_seed(0)
-    _, pack, subset, fused = row
-    return OfficialStep(s, device) if pack is None else CellfmStep(s, device, pack, subset, fused)
+    return OfficialStep(s, device) if row.pack is None else CellfmStep(s, device, row)
 
 
 def _cpu_memory(row_index: int, s: dict) -> float:
-    """Peak memory of one CPU step of row `row_index` (run in a fresh process)."""
+    """Peak memory of one CPU step of row `row_index` of ROWS (run in a fresh process)."""
     step, batch = build(ROWS[row_index], s, "cpu"), make_batch(s, "cpu")
     return warm_peak_rss_mb(lambda: step(batch))
+
+
+def count_step_flops(s: dict, device: str) -> float:
+    """FLOPs of one official reference step (forward and backward), counted op by op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step, batch = build(ROWS[0], s, device), make_batch(s, device)
+    with FlopCounterMode(display=False) as counter:
+        step(batch)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(device: str, dtype: torch.dtype, tiny: bool) -> float:
+    """Best GFLOP/s of a square matmul on `device` in `dtype`, measured now (the MFU reference)."""
+    if device == "cpu":
+        return matmul_peak_gflops(1024 if tiny else 4096, reps=5 if tiny else 20, dtype=dtype)
+    n = 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(20):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def active_rows(s: dict, only: list[str] | None) -> list[Row]:
+    """The rows of this run: all but a precision row equal to the run's own, filtered by `only`."""
+    rows = [r for r in ROWS if r.precision is None or r.precision != s["precision"]]
+    if s["depth"]:  # the smoke run (--tiny) compiles one row only
+        rows = [r for r in rows if not (r.compiled and r.pack)]
+    return [r for r in rows if not only or r is ROWS[0] or any(o in r.name for o in only)]
 
 
 def main() -> None:
@@ -215,18 +296,30 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--gpu", action="store_true", help="ViT-L/14, bf16, batch 32 on CUDA")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="run only the rows whose name contains this (repeatable; + the reference)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory runs (fresh processes)"
+    )
     args = parser.parse_args()
     s = settings(args)
     if args.gpu and not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA device")
+    rows = active_rows(s, args.only)
     rounds = 1 if args.tiny else args.rounds
+    flops = count_step_flops(s, s["device"])
+    dtypes = {r.precision or s["precision"] for r in rows}
+    peaks = {p: matmul_peak(s["device"], TORCH_DTYPES[p], args.tiny) for p in sorted(dtypes)}
     if s["device"] == "cuda":
-        return report(s, args, *cuda_rows(s, rounds))
+        return report(s, args, rows, *cuda_rows(s, rows, rounds), flops, peaks)
     # CPU: the rows take turns within each round, so slow drifts of the machine hit them alike
     batch = make_batch(s, "cpu")
-    steps = [build(r, s, "cpu") for r in ROWS]
-    times = [[] for _ in ROWS]
-    for st in steps:  # warm-up
+    steps = [build(r, s, "cpu") for r in rows]
+    times = [[] for _ in rows]
+    for st in steps:  # warm-up (and compilation)
         st(batch)
     for _ in range(rounds):
         for i, st in enumerate(steps):
@@ -234,17 +327,24 @@ def main() -> None:
             st(batch)
             times[i].append(time.perf_counter() - t)
     del steps
-    return report(s, args, times, [in_fresh_process(_cpu_memory, i, s) for i in range(len(ROWS))])
+    memory = [
+        float("nan") if args.no_memory else in_fresh_process(_cpu_memory, ROWS.index(r), s) for r in rows
+    ]
+    return report(s, args, rows, times, memory, flops, peaks)
 
 
-def cuda_rows(s: dict, rounds: int) -> tuple[list[list[float]], list[float]]:
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cuda_rows(s: dict, rows: list[Row], rounds: int) -> tuple[list[list[float]], list[float]]:
     """On CUDA, one row at a time in this process: time it, read its peak memory, free it."""
     import gc
 
     batch = make_batch(s, "cuda")
     times, peaks = [], []
-    for row in ROWS:
+    for row in rows:
         step = build(row, s, "cuda")
+        step(batch)
         step(batch)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -262,18 +362,23 @@ def cuda_rows(s: dict, rounds: int) -> tuple[list[list[float]], list[float]]:
     return times, peaks
 
 
-def report(s: dict, args, times: list[list[float]], peaks: list[float]) -> None:
+def report(s, args, rows_run, times, peaks, flops: float, matmul: dict[str, float]) -> None:
     rows = []
-    for i, (name, pack, subset, fused) in enumerate(ROWS):
+    for i, row in enumerate(rows_run):
         dt = statistics.median(times[i])
+        precision = row.precision or s["precision"]
         rows.append(
             {
-                "step": name,
-                "packing": pack,
-                "subset_sd": subset,
-                "fused_head_loss": fused,
+                "step": row.name,
+                "packing": row.pack,
+                "subset_sd": row.subset_sd,
+                "fused_head_loss": row.fused,
+                "compiled": s["compile_backend"] if row.compiled else None,
+                "packed_attention": row.attention if row.pack else None,
+                "precision": precision,
                 "s_per_step": dt,
                 "images_per_s": s["batch"] / dt,
+                "mfu": flops / dt / 1e9 / matmul[precision],
                 "peak_mem_mb": peaks[i],
             }
         )
@@ -283,11 +388,21 @@ def report(s: dict, args, times: list[list[float]], peaks: list[float]) -> None:
         r["memory_ratio"] = r["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-9)
     print(
         f"SSL step, ViT-{s['size']}/14, batch {s['batch']} (2 x {s['g']} + {s['n_local']} x {s['l']}), "
-        f"{s['precision']} on {s['device']}, K={s['k']}"
+        f"{s['precision']} on {s['device']}, K={s['k']}; {flops / 1e9:.1f} GFLOP per step (official step, "
+        f"counted); matmul peak "
+        + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in matmul.items())
+        + " (measured now; MFU against the row's precision)"
     )
-    print(table(rows, ["step", "s_per_step", "images_per_s", "peak_mem_mb", "speedup", "memory_ratio"]))
+    cols = ["step", "s_per_step", "images_per_s", "mfu", "peak_mem_mb", "speedup", "memory_ratio"]
+    print(table(rows, cols))
     name = "ssl_step_gpu" if args.gpu else "ssl_step"
-    print(f"saved {save(name, {'machine': machine(), 'settings': s, 'rows': rows}, args.tiny)}")
+    result = {
+        "machine": machine(),
+        "settings": s,
+        "gflop_per_step": flops / 1e9,
+        "matmul_peak_gflops": matmul,
+    }
+    print(f"saved {save(name, {**result, 'rows': rows}, args.tiny)}")
 
 
 if __name__ == "__main__":

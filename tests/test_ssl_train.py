@@ -164,12 +164,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(plate, tmp_pat
     assert (out / "checkpoint.pt").read_bytes() == good
 
 
-def test_meta_arch_refuses_nan_batches(plate, tmp_path):
+def test_a_nan_batch_stops_the_step_after_it(plate, tmp_path):
+    """Finiteness is checked after the step (no host sync inside it), before anything is saved."""
     trainer = Trainer(_cfg(), [plate], tmp_path / "x")
     batch = next(trainer.data.from_step(0))
     batch["collated_global_crops"][0, 0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="last checkpoint is left intact"):
-        trainer.meta.forward_backward(batch, 0.04)
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite loss \(dino nan.*last checkpoint is left intact"
+    ):
+        trainer.train_step(batch)
+    assert trainer.step == 0 and not (tmp_path / "x" / "checkpoint.pt").exists()
 
 
 def test_distillation_keeps_teacher_frozen_and_exports_student_ema(plate, tmp_path):

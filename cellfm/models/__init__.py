@@ -15,7 +15,7 @@ from .factory import (
     vit_small,
 )
 from .pos_embed import interpolate_pos_embed
-from .vision_transformer import VisionTransformer, ViTArch, set_attention_backend
+from .vision_transformer import VisionTransformer, ViTArch, set_attention_backend, set_packed_attention
 
 __all__ = [
     "CHANNEL_STRATEGIES",
@@ -29,6 +29,7 @@ __all__ = [
     "ViTArch",
     "interpolate_pos_embed",
     "set_attention_backend",
+    "set_packed_attention",
     "vit_arch",
     "vit_base",
     "vit_giant2",

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from .layers import Attention, Block, PatchEmbed
+from .layers import PACKED_ATTENTION, Attention, Block, PatchEmbed
 from .pos_embed import interpolate_pos_embed
 
 PAD_MODES = (None, "constant", "reflect", "replicate")
@@ -245,4 +245,14 @@ def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
     for module in model.modules():
         if isinstance(module, Attention):
             module.set_backend(backend)
+    return model
+
+
+def set_packed_attention(model: nn.Module, mode: str) -> nn.Module:
+    """Packed crops attend "per_group" (one call per crop size) or "jagged" (one call for all)."""
+    if mode not in PACKED_ATTENTION:
+        raise ValueError(f"unknown packed attention {mode!r}; choose one of {PACKED_ATTENTION}")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.packed_attention = mode
     return model

@@ -119,6 +119,10 @@ class TrainConfig:
     # FSDP: free the student's gathered parameters after forward (gather again in backward; less
     # memory, more traffic). Off: one all-gather per step, like DINOv2's SHARD_GRAD_OP.
     reshard_after_forward: bool = False
+    # torch.compile the student's and teacher's backbones (whole; per block under FSDP), with
+    # `compile_backend` (inductor; aot_eager traces without code generation, for debugging).
+    compile: bool = False
+    compile_backend: str = "inductor"
     # auto: sharded (torch.distributed.checkpoint, DIR/checkpoints/) with several processes, one
     # full-state DIR/checkpoint.pt with one; both resume on any number of processes.
     checkpoint_format: str = "auto"  # auto | sharded | full

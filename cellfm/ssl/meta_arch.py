@@ -112,8 +112,7 @@ class SSLMetaArch(nn.Module):
         student_masks = masks if self.student_masking else None
         n_global = 2
         n_local = local.shape[0] // (glob.shape[0] // n_global) if local.numel() else 0
-        idx = masks.flatten().nonzero().flatten()
-        weight = masks_weight(masks)
+        idx, weight = _masked_tokens(batch, masks, self.student_masking)
         autocast = self._autocast(glob.device)
         with autocast:
             dino_t, ibot_t = self._teacher_targets(glob, masks, idx, teacher_temp)
@@ -144,11 +143,8 @@ class SSLMetaArch(nn.Module):
         dino = dino_global + dino_local
         koleo = sum(self.koleo_loss(c) for c in g_cls.chunk(n_global)) * cfg.dino.koleo_loss_weight
         loss = head_loss + koleo
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss (dino {dino.item():.4g}, ibot {ibot.item():.4g}, koleo {koleo.item():.4g}); "
-                "lower the learning rate or use fp32/bf16; the last checkpoint is left intact"
-            )
+        # No finiteness check here: it would stall the step on a host sync. The trainer checks the
+        # logged losses after the step (`check_finite`) and stops before any checkpoint is written.
         (scaler.scale(loss) if scaler is not None else loss).backward()
         with torch.no_grad():
             k = dino_t.shape[-1]
@@ -250,6 +246,32 @@ class SSLMetaArch(nn.Module):
         s_local = [_local(p) for p in s_params]
         torch._foreach_mul_(t_local, momentum)
         torch._foreach_add_(t_local, s_local, alpha=1 - momentum)
+
+
+def _masked_tokens(batch: dict, masks: torch.Tensor, masking: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the scored patch tokens and their iBOT weights (1 / scored tokens in their
+    image), without a host sync: the collator's (computed on the host) when the batch has them, or
+    every token when nothing is masked; `nonzero` on device masks (a sync on CUDA) otherwise."""
+    if not masking:
+        n = masks.shape[-1]
+        return torch.arange(masks.numel(), device=masks.device), masks.new_full(
+            (masks.numel(),), 1.0 / n, dtype=torch.float32
+        )
+    if "mask_indices_list" in batch and "masks_weight" in batch:
+        return batch["mask_indices_list"].to(masks.device), batch["masks_weight"].to(masks.device)
+    return masks.flatten().nonzero().flatten(), masks_weight(masks)
+
+
+def check_finite(logs: dict[str, float]) -> None:
+    """Raise FloatingPointError naming the loss terms when the step's loss is not finite."""
+    if not math.isfinite(logs["loss"]):
+        terms = ", ".join(
+            f"{k.removesuffix('_loss')} {logs[k]:.4g}" for k in ("dino_loss", "ibot_loss", "koleo_loss")
+        )
+        raise FloatingPointError(
+            f"non-finite loss ({terms}); lower the learning rate or use fp32/bf16; "
+            "the last checkpoint is left intact"
+        )
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:

@@ -47,17 +47,24 @@ def sinkhorn_knopp(
     masked-token count); it is summed over ranks to get the global batch size.
     """
     log_q = logits.float().t() / temp  # (K, B)
-    if n_samples is None:
-        total = float(log_q.shape[1] * _world())
-    else:
-        n = torch.as_tensor(n_samples, device=log_q.device, dtype=torch.float32).clone()
-        total = _all_reduce(n).item()
+    log_total = _log_global_count(log_q.shape[1] if n_samples is None else n_samples, log_q.device)
     k = log_q.shape[0]
     log_q = log_q - _global_logsumexp(log_q)
     for _ in range(n_iterations):
         log_q = log_q - _global_logsumexp(log_q, dim=1) - math.log(k)
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(total)
-    return (log_q + math.log(total)).exp().t()
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_total
+    return (log_q + log_total).exp().t()
+
+
+def _log_global_count(n: torch.Tensor | int, device: torch.device) -> torch.Tensor | float:
+    """log(sum of `n` over ranks), without a host sync: a float on one process, else a device
+    scalar (the all-reduced count stays on the device; `.item()` would stall the step)."""
+    if _world() == 1 and not torch.is_tensor(n):
+        return math.log(n)
+    count = (
+        n.to(device, torch.float32).clone() if torch.is_tensor(n) else torch.full((), float(n), device=device)
+    )
+    return _all_reduce(count).log()
 
 
 class Centering(nn.Module):
@@ -89,9 +96,9 @@ class Centering(nn.Module):
     def update(self, batch_sum: torch.Tensor, count: int) -> None:
         """Queue the sum of teacher logits over `count` rows; sums and counts are reduced over ranks,
         so the centre tracks the global mean even when ranks hold different numbers of rows (iBOT)."""
-        packed = torch.cat(
-            [batch_sum.detach().float().reshape(-1), batch_sum.new_tensor([float(count)]).float()]
-        )
+        # torch.full, not new_tensor: a host-to-device copy of pageable memory synchronises on CUDA.
+        rows = torch.full((1,), float(count), dtype=torch.float32, device=batch_sum.device)
+        packed = torch.cat([batch_sum.detach().float().reshape(-1), rows])
         handle = dist.all_reduce(packed, async_op=True) if _world() > 1 else None
         self._pending = (packed, handle)
 

@@ -21,9 +21,10 @@ from ..locking import exclusive
 from ..models.config import backbone_from_config
 from .batches import BatchStream
 from .checkpointing import export_backbone, load_training_state, save_training_state
+from .compile import compile_backbones
 from .config import SSLConfig
 from .high_res import CropPhases, high_res_sizes
-from .meta_arch import SSLMetaArch, _heads, trainable_backbone
+from .meta_arch import SSLMetaArch, _heads, check_finite, trainable_backbone
 from .monitor import Monitor, peak_memory_mb, plot_loss_curve
 from .parallel import parallelize
 from .param_groups import param_groups
@@ -114,6 +115,9 @@ class Trainer:
         self.meta = SSLMetaArch(cfg, backbone, teacher).to(self.info.device)
         torch.manual_seed(cfg.train.seed + self.info.rank)  # per-rank randomness from here on
         self.meta.runners = parallelize(self.meta, cfg, self.info)
+        if cfg.train.compile:  # after wrapping: FSDP's per-block hooks stay outside the graphs
+            sharded = cfg.train.distributed == "fsdp" and self.info.world_size > 1
+            compile_backbones(self.meta, per_block=sharded, backend=cfg.train.compile_backend)
         o = cfg.optim
         depth = self.meta.student["backbone"].n_blocks
         self.groups = param_groups(self.meta.student, depth, o.layerwise_decay, o.patch_embed_lr_mult)
@@ -278,13 +282,9 @@ class Trainer:
         for module in self.meta.student.values():  # each module separately, as DINOv2 does
             torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
 
-    def train_step(self, batch: dict, data_wait_s: float = 0.0) -> dict[str, float]:
-        """One optimisation step on this rank's share of the global batch (a batch from
-        `self.data.from_step`, which waited `data_wait_s` for it); returns the step's metrics."""
-        t0 = time.perf_counter()
-        batch = self.data.prepare(batch)  # device-side augmentation counts as compute
-        batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        values = self.schedules.at(self.step)
+    def device_step(self, batch: dict, values: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Forward, backward, clip, optimizer and EMA on a prepared batch with the schedule `values`;
+        no host sync inside (but GradScaler's inf check at fp16). Returns the losses on the device."""
         self._apply_schedules(values)
         self.optimizer.zero_grad(set_to_none=True)
         logs = self.meta.forward_backward(batch, values["teacher_temp"], self.scaler)
@@ -295,7 +295,23 @@ class Trainer:
         else:
             self.optimizer.step()
         self.meta.update_teacher(values["momentum"])
-        logs = {k: float(all_reduce_mean(v.float())) for k, v in logs.items()}
+        return logs
+
+    @staticmethod
+    def _reduce_logs(logs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean over processes of the step's logs: one all-reduce and one host sync for all of them."""
+        packed = all_reduce_mean(torch.stack([v.detach().float().reshape(()) for v in logs.values()]))
+        return dict(zip(logs, packed.tolist()))
+
+    def train_step(self, batch: dict, data_wait_s: float = 0.0) -> dict[str, float]:
+        """One optimisation step on this rank's share of the global batch (a batch from
+        `self.data.from_step`, which waited `data_wait_s` for it); returns the step's metrics."""
+        t0 = time.perf_counter()
+        batch = self.data.prepare(batch)  # device-side augmentation counts as compute
+        batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        values = self.schedules.at(self.step)
+        logs = self._reduce_logs(self.device_step(batch, values))
+        check_finite(logs)  # after the step (no sync inside it); raises before any checkpoint is written
         dt = time.perf_counter() - t0  # after the sync above: the device work is done
         global_batch = self.cfg.train.batch_size_per_device * self.info.world_size
         row = {

@@ -6,6 +6,11 @@ The kernel is chosen per module by `backend`:
 - "xformers": `xformers.ops.memory_efficient_attention`, used only for CUDA tensors when xformers
   is installed; CPU tensors always take SDPA because xformers has no CPU kernels.
 Switch a whole model with `cellfm.models.set_attention_backend(model, name)`.
+
+Packed crops (`forward_packed`) attend per group of equal-length sequences by default
+("per_group": one SDPA call per crop size). `packed_attention = "jagged"` makes it one SDPA call over
+all sequences of all groups as a jagged nested tensor (varlen flash / memory-efficient kernels on
+CUDA; a slower fallback on CPU, where per_group stays the default).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BACKENDS = ("sdpa", "xformers")
+PACKED_ATTENTION = ("per_group", "jagged")
 
 
 def load_xformers_ops() -> ModuleType | None:
@@ -49,6 +55,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.backend = "sdpa"
         self._xformers_ops: ModuleType | None = None
+        self.packed_attention = "per_group"
 
     def set_backend(self, backend: str, ops: ModuleType | None = None) -> None:
         if backend not in BACKENDS:
@@ -82,5 +89,29 @@ class Attention(nn.Module):
         The qkv and output projections run once over all tokens (one large matmul each); attention
         runs once per group of equal-length sequences, never across groups.
         """
-        qkv = self.qkv(flat).split([b * n for b, n in shapes])
+        qkv = self.qkv(flat)
+        if self.packed_attention == "jagged":
+            return self.proj(self._attend_jagged(qkv, shapes))
+        qkv = qkv.split([b * n for b, n in shapes])
         return self.proj(torch.cat([self._attend(q, b, n) for q, (b, n) in zip(qkv, shapes)]))
+
+    def _attend_jagged(self, qkv: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """(T, 3D) projections of all groups -> (T, D): one SDPA call over every sequence."""
+        t = qkv.shape[0]
+        # sequence start offsets from device aranges (a tensor of Python ints would be a host copy)
+        starts, base = [], 0
+        for b, n in shapes:
+            starts.append(torch.arange(b, device=qkv.device) * n + base)
+            base += b * n
+        offsets = torch.cat(starts + [torch.full((1,), base, device=qkv.device, dtype=torch.long)])
+        lengths = [n for _, n in shapes]
+        q, k, v = qkv.view(t, 3, self.num_heads, self.head_dim).permute(1, 0, 2, 3).contiguous().unbind(0)
+
+        def jagged(values: torch.Tensor) -> torch.Tensor:
+            nt = torch.nested.nested_tensor_from_jagged(
+                values, offsets, min_seqlen=min(lengths), max_seqlen=max(lengths)
+            )
+            return nt.transpose(1, 2)  # (sequences, heads, jagged tokens, head_dim)
+
+        out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v))
+        return out.transpose(1, 2).values().reshape(t, -1)

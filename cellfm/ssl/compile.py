@@ -1,0 +1,38 @@
+"""`train.compile`: torch.compile the student's and the teacher's backbones, in place.
+
+On one process and under DDP each backbone compiles whole: one graph per call signature (the
+student's packed global + local crops, the teacher's global crops), no break per block. Under FSDP2
+each block's `forward` compiles on its own, so the per-block all-gather / reshard hooks that
+`fully_shard` registers stay outside the graphs (the layout torchtitan uses). Nothing is renamed:
+state-dict keys, checkpoints, exports and resume are the same as without compile. The heads stay
+eager: the fused prototype loss is an autograd.Function looping over row blocks, and the iBOT rows
+change in number every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .meta_arch import SSLMetaArch
+
+
+def compile_backbones(
+    meta: SSLMetaArch, per_block: bool = False, backend: str = "inductor"
+) -> list[nn.Module]:
+    """Compile the student's and the teacher's backbones of `meta` (whole, or per block when
+    `per_block`) with `backend`; returns the modules whose calls are now compiled."""
+    compiled: list[nn.Module] = []
+    for backbone in (meta.student["backbone"], meta.teacher["backbone"]):
+        if per_block:
+            for blk in backbone.blocks:
+                # The bound forward, not the module call: FSDP's hooks run around the graph.
+                blk.forward = torch.compile(blk.forward, backend=backend)
+                compiled.append(blk)
+        else:
+            backbone.compile(backend=backend)
+            compiled.append(backbone)
+    return compiled
+
+
+__all__ = ["compile_backbones"]
