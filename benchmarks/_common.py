@@ -131,3 +131,22 @@ def save(name: str, payload: dict, tiny: bool) -> Path:
     path = RESULTS / f"{name}{'_tiny' if tiny else ''}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def vitb14_fsdp_overrides(tiny: bool) -> list[str]:
+    """Config overrides of the 2-process FSDP benchmarks (comm, checkpoint): a ViT-B/14 student with
+    65536-prototype heads on 56 px crops (tiny: depth 2 and 256 prototypes), sharded with FSDP2."""
+    model = ["model.size=tiny", "model.depth=2"] if tiny else ["model.size=base"]
+    k = 256 if tiny else 65536
+    return model + [
+        "model.patch_size=14",
+        "model.img_size=56",
+        "model.in_chans=3",
+        "augment.crops.global_crops_size=56",
+        "augment.crops.local_crops_size=28",
+        "augment.masking.patch_size=14",
+        "data.field_crop_size=56",
+        f"dino.head.n_prototypes={k}",
+        f"ibot.head.n_prototypes={k}",
+        "train.distributed=fsdp",
+    ]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save, table  # noqa: E402
+from _common import machine, save, table, vitb14_fsdp_overrides  # noqa: E402
 
 WORLD = 2
 MB = 2**20
@@ -37,20 +37,7 @@ FORMATS = ("full, every process reads", "full", "sharded", "sharded, async")
 
 
 def overrides(tiny: bool) -> list[str]:
-    model = ["model.size=tiny", "model.depth=2"] if tiny else ["model.size=base"]
-    k = 256 if tiny else 65536
-    return model + [
-        "model.patch_size=14",
-        "model.img_size=56",
-        "model.in_chans=3",
-        "augment.crops.global_crops_size=56",
-        "augment.crops.local_crops_size=28",
-        "augment.masking.patch_size=14",
-        "data.field_crop_size=56",
-        f"dino.head.n_prototypes={k}",
-        f"ibot.head.n_prototypes={k}",
-        "train.distributed=fsdp",
-    ]
+    return vitb14_fsdp_overrides(tiny)
 
 
 def _status_kb(key: str) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save, table  # noqa: E402
+from _common import machine, save, table, vitb14_fsdp_overrides  # noqa: E402
 
 WORLD = 2
 # (row, train.precision, train.reshard_after_forward)
@@ -36,22 +36,10 @@ ROWS = [
 
 
 def overrides(tiny: bool, precision: str, reshard: bool) -> list[str]:
-    model = ["model.size=tiny", "model.depth=2"] if tiny else ["model.size=base"]
-    k = 256 if tiny else 65536
-    return model + [
-        "model.patch_size=14",
-        "model.img_size=56",
-        "model.in_chans=3",
+    return vitb14_fsdp_overrides(tiny) + [
         "model.drop_path_rate=0.0",
-        "augment.crops.global_crops_size=56",
-        "augment.crops.local_crops_size=28",
         "augment.crops.local_crops_number=2",
-        "augment.masking.patch_size=14",
-        "data.field_crop_size=56",
-        f"dino.head.n_prototypes={k}",
-        f"ibot.head.n_prototypes={k}",
         "train.batch_size_per_device=2",
-        "train.distributed=fsdp",
         # One forward per block per step, as on CUDA (separate crop groups make FSDP gather every
         # block again in backward for the second group's gradient).
         "train.pack_crops=true",
