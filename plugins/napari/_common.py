@@ -140,6 +140,16 @@ def points_combo(viewer, label: str) -> ComboBox:
     return ComboBox(label=label, choices=layer_choices(viewer, Points), nullable=True)
 
 
+def add_points_for(viewer, image: Image | None, name: str, color: str):
+    """A new Points layer in "add" mode with the spatial dimensions of `image` (2-D without one)."""
+    ndim = image.ndim if image is not None else 2
+    if image is not None and image.rgb:
+        ndim -= 1
+    layer = viewer.add_points(ndim=ndim, name=name, face_color=color, size=8)
+    layer.mode = "add"
+    return layer
+
+
 def channel_axis_choices(layer: Image | None) -> list[str]:
     if layer is None or layer.rgb:
         return [NO_CHANNEL]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import FileEdit, PushButton, SpinBox, Table
 
-from ._common import WorkerWidget, current_slice, layer_array, points_combo
+from ._common import WorkerWidget, add_points_for, current_slice, layer_array, points_combo
 
 if TYPE_CHECKING:
     import napari
@@ -68,12 +68,7 @@ class SearchWidget(WorkerWidget):
         self.find_btn.changed.connect(lambda: self.find())
 
     def add_points_layer(self, *_):
-        ndim = self.image.value.ndim if self.image.value is not None else 2
-        if self.image.value is not None and self.image.value.rgb:
-            ndim -= 1
-        layer = self.viewer.add_points(ndim=ndim, name="query points", face_color="magenta", size=8)
-        layer.mode = "add"
-        self.points.value = layer
+        self.points.value = add_points_for(self.viewer, self.image.value, "query points", "magenta")
 
     def _path(self, edit: FileEdit) -> str:
         value = str(edit.value or "").strip()

@@ -11,6 +11,7 @@ from cellfm.segment import similarity_map
 
 from ._common import (
     WorkerWidget,
+    add_points_for,
     current_slice,
     layer_array,
     points_combo,
@@ -51,12 +52,7 @@ class SimilarityWidget(WorkerWidget):
             self._watched.events.data.connect(self._on_points)
 
     def add_points_layer(self, *_):
-        ndim = self.image.value.ndim if self.image.value is not None else 2
-        if self.image.value is not None and self.image.value.rgb:
-            ndim -= 1
-        layer = self.viewer.add_points(ndim=ndim, name="similarity points", face_color="cyan", size=8)
-        layer.mode = "add"
-        self.points.value = layer
+        self.points.value = add_points_for(self.viewer, self.image.value, "similarity points", "cyan")
 
     def _on_points(self, event=None):
         # napari announces each edit twice ("adding", then "added"): react once, to the finished edit
