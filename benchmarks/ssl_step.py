@@ -288,7 +288,10 @@ def active_rows(s: dict, only: list[str] | None) -> list[Row]:
     rows = [r for r in ROWS if r.precision is None or r.precision != s["precision"]]
     if s["depth"]:  # the smoke run (--tiny) compiles one row only
         rows = [r for r in rows if not (r.compiled and r.pack)]
-    return [r for r in rows if not only or r is ROWS[0] or any(o in r.name for o in only)]
+    def wanted(r: Row) -> bool:
+        return any(r.name == o[1:] if o.startswith("=") else o in r.name for o in only)
+
+    return [r for r in rows if not only or r is ROWS[0] or wanted(r)]
 
 
 def main() -> None:
@@ -299,7 +302,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        help="run only the rows whose name contains this (repeatable; + the reference)",
+        help="run only the rows whose name contains this, or is exactly it with a leading '=' (repeatable; + the reference)",
     )
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory runs (fresh processes)"

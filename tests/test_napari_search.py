@@ -110,3 +110,36 @@ def test_find_similar_bad_input_gives_clear_messages(make_napari_viewer, qtbot, 
     _finished(qtbot, widget)
     assert "no cellfm embeddings" in widget.last_error
     assert widget._montage is None and [lyr.name for lyr in viewer.layers] == ["field", "query points"]
+
+
+def test_find_similar_on_a_cell_store_finds_the_clicked_nucleus(make_napari_viewer, qtbot, tmp_path):
+    """A cell store: the widget's default window (0: auto) embeds the store's cell context around the
+    click, so a rotated copy of the field with its Labels layer finds the clicked nucleus first; a 64 px
+    window (the widget's old default) does not for this nucleus."""
+    from tests.cell_store import centroid, write_cell_store
+
+    store, img, mask, adata = write_cell_store(tmp_path)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.rot90(img).copy(), name="rotated field")
+    rot_mask = np.rot90(mask).copy()
+    viewer.add_labels(rot_mask, name="nuclei")
+    widget = _dock(viewer)
+    widget.image.value = layer
+    widget.store.value = str(store)
+    widget.k.value = 3
+    assert widget.crop.value == 0  # auto: as the store was embedded
+    cid = adata.obs["cell_id"].astype(str).tolist()[NUCLEUS]
+    widget.add_points_layer()
+    widget.points.value.add(list(centroid(rot_mask, int(cid))))
+    found = {}
+    for window in (64, 0):
+        widget.crop.value = window
+        widget.find()
+        _finished(qtbot, widget)
+        assert widget.last_error is None, widget.last_error
+        found[window] = widget.result.iloc[0]["cell_id"]
+    assert found[0] == cid, found
+    assert found[64] != cid, found  # why the default is the store's context, not a fixed window
+
+
+NUCLEUS = 0  # which of the store's cells is clicked (index into its rows)

@@ -7,31 +7,12 @@ import numpy as np
 import pytest
 
 from cellfm.curate import search
+from tests.cell_store import centroid as _centroid, write_cell_store
 
 
 @pytest.fixture(scope="module")
 def cell_store(tmp_path_factory):
-    from stardist.data import test_image_nuclei_2d
-
-    from cellfm.data.ngff_labels import write_labels
-    from cellfm.data.writer import create_plate, write_image
-    from cellfm.embed import embed
-
-    img, mask = test_image_nuclei_2d(return_mask=True)
-    img, mask = img[:256, :256], mask[:256, :256].astype(np.uint32)
-    root = tmp_path_factory.mktemp("cells")
-    plate = create_plate(str(root / "p.ome.zarr"), "cells", {"A/1": ["0"]}, "0.4", mode="w")
-    field = plate["A/1"].require_group("0")
-    write_image(field, img[None], ["DNA"], "0.4", chunk=128, min_level_size=256)
-    write_labels(field, mask, "nuclei", "0.4")
-    out = root / "cells.h5ad"
-    adata = embed(str(root / "p.ome.zarr"), output=out, level="cell", labels="nuclei", min_area=80)
-    return out, img, mask, adata
-
-
-def _centroid(mask, value):
-    ys, xs = np.nonzero(mask == value)
-    return float(ys.mean()), float(xs.mean())
+    return write_cell_store(tmp_path_factory.mktemp("cells"))
 
 
 def test_a_rotated_field_finds_the_clicked_cell_first(cell_store):

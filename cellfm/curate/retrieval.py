@@ -147,13 +147,13 @@ def embed_queries(
         store = str(Path(tmp) / "query.zarr")
         wells = {f"A/{i + 1}": ["0"] for i in range(len(queries))}
         root = create_plate(store, "query", wells, "0.4", mode="w")
-        for (well, _), q in zip(wells.items(), queries):
+        for i, (well, q) in enumerate(zip(wells, queries)):
             if q.shape[0] != len(channels):
                 raise ValueError(f"query has {q.shape[0]} channels; the store was embedded with {channels}")
             field = root[well].require_group("0")
             write_image(field, q, channels, "0.4", chunk=256, min_level_size=max(q.shape[1:]))
             if masks is not None:
-                write_labels(field, masks[int(well[2:]) - 1].astype(np.uint32), "query", "0.4")
+                write_labels(field, masks[i].astype(np.uint32), "query", "0.4")
         norm = _stored(info.get("normalization"))
         options = dict(channels=channels, tile_size=int(info["tile_size"]), overlap=int(info["overlap"]),
                        normalization=norm if isinstance(norm, dict) else None)  # fmt: skip
@@ -188,13 +188,15 @@ def search(
     rotations: bool = True,
     shift_steps: int = 2,
     query_labels: Any = None,
+    loaded: tuple[Any, Any] | None = None,
 ) -> pd.DataFrame:
     """The `k` rows of an embedded store most similar to `query` (array or image file), best first.
 
     The query is tried under the 8 rotations / flips (`rotations`) and `shift_steps`^2 sub-patch offsets.
     A cell store (level "cell") needs `at`, the clicked cell, and `query_labels` (its object there); `crop` (default CELL_CONTEXT) is the context embedded around it: the store embedded whole fields, and
-    on stardist nuclei a 128 px window around the cell found it first 1 time in 6, the whole 256 px field 6 in 6."""
-    adata, index = load_embedding(index_or_dir)
+    on stardist nuclei a 128 px window around the cell found it first 1 time in 6, the whole 256 px field 6 in 6.
+    `loaded`: the store's `load_embedding(index_or_dir)`, when the caller has read it already."""
+    adata, index = loaded if loaded is not None else load_embedding(index_or_dir)
     info = dict(adata.uns["cellfm"])
     net = _check_model(model, info, str(index_or_dir))
     cells = info.get("level") == "cell"

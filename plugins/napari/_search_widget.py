@@ -34,12 +34,9 @@ def query_point(image_layer, points_layer, shape: tuple[int, int]) -> tuple[floa
     return y, x
 
 
-def recorded_model(store: str):
-    """The checkpoint file the store records it was embedded with, when it still exists; else None
+def recorded_model(adata):
+    """The checkpoint file a loaded store records it was embedded with, when it still exists; else None
     (the shipped default model)."""
-    from cellfm.curate.retrieval import load_embedding
-
-    adata, _ = load_embedding(store)
     recorded = str(dict(adata.uns["cellfm"]).get("checkpoint", ""))
     return recorded if recorded and Path(recorded).is_file() else None
 
@@ -57,7 +54,10 @@ class SearchWidget(WorkerWidget):
         self.points = points_combo(self.viewer, "query points")
         self.new_points = PushButton(text="New points layer")
         self.k = SpinBox(label="k", value=8, min=1, max=200)
-        self.crop = SpinBox(label="query window (px)", value=64, min=8, max=4096, step=8)
+        # 0: as the store was embedded (a cell store: the field around the cell up to 512 px, measured to
+        # find the clicked cell; a field / tile store: a 64 px window)
+        self.crop = SpinBox(label="query window (px, 0: auto)", value=0, min=0, max=4096, step=8)
+        self.crop.native.setToolTip("0: as the store was embedded (cells: up to 512 px of context; fields: 64 px)")
         self.find_btn = PushButton(text="Find similar")
         self.table = Table(value={c: [] for c in COLUMNS})
         self.extend([self.store, self.model, self.image, self.channel_axis, self.points, self.new_points,
@@ -97,16 +97,17 @@ class SearchWidget(WorkerWidget):
         except ValueError as err:
             self.fail(str(err))
             return
-        model, k, crop = self._path(self.model) or None, int(self.k.value), int(self.crop.value)
+        model, k, crop = self._path(self.model) or None, int(self.k.value), int(self.crop.value) or None
 
         def job(tick):
             from cellfm.curate import search
             from cellfm.curate.retrieval import load_embedding, read_query, result_thumbnails
 
-            adata, _ = load_embedding(store)  # a clear error for a store without embeddings
+            loaded = load_embedding(store)  # read once; a clear error for a store without embeddings
+            adata = loaded[0]
             tick(0.1)
-            result = search(store, query, k, model=model or recorded_model(store), at=at, crop=crop,
-                            query_labels=labels)  # fmt: skip
+            result = search(store, query, k, model=model or recorded_model(adata), at=at, crop=crop,
+                            query_labels=labels, loaded=loaded)  # fmt: skip
             tick(0.8)
             return result, result_thumbnails(result, read_query(query, at, crop), adata)
 
