@@ -21,107 +21,19 @@ import torch
 from ._utils import check_finite, dtype_max, to_float
 from .channels import check_channels
 from .config import AugmentConfig
+from .draws import (
+    between,
+    draw_boxes,
+    draw_factors,
+    draw_gaussian_noise,
+    normal,
+    symmetry_parts,
+    symmetry_table,
+    uniform,
+)
 from .intensity import gaussian_blur
 from .multicrop import MultiCrop
 from .resample import blur_square, resample_boxes
-
-
-def _rand(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
-    return torch.rand(shape, generator=g, device=dev)
-
-
-def _randn(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
-    return torch.randn(shape, generator=g, device=dev)
-
-
-def _between(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
-    return lo + (hi - lo) * u
-
-
-def draw_boxes(
-    n: int,
-    height: int,
-    width: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    generator: torch.Generator | None,
-    device: torch.device,
-    attempts: int = 10,
-) -> torch.Tensor:
-    """(n, 4) long boxes (top, left, h, w), each drawn as `sample_crop_box` draws one: the first of
-    `attempts` (area, aspect) draws that fits, else the largest centred box with a clamped aspect."""
-    u = _rand(generator, device, n, attempts, 4)
-    target = height * width * _between(scale[0], scale[1], u[..., 0])
-    aspect = torch.exp(_between(math.log(ratio[0]), math.log(ratio[1]), u[..., 1]))
-    w = torch.round(torch.sqrt(target * aspect))
-    h = torch.round(torch.sqrt(target / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
-    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
-    u_top, u_left = u[..., 2].gather(1, first)[:, 0], u[..., 3].gather(1, first)[:, 0]
-    top = torch.minimum(torch.floor(u_top * (height - h + 1)), height - h)
-    left = torch.minimum(torch.floor(u_left * (width - w + 1)), width - w)
-    fh, fw = height, width  # fallback: as sample_crop_box
-    if width / height < ratio[0]:
-        fh = int(round(width / ratio[0]))
-    elif width / height > ratio[1]:
-        fw = int(round(height * ratio[1]))
-    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], device=device)
-    boxes = torch.stack([top, left, h, w], dim=1).long()
-    return torch.where(fits.any(dim=1, keepdim=True), boxes, fallback)
-
-
-def _symmetry_table(size: int, dihedral: bool, device: torch.device) -> torch.Tensor:
-    """(8 or 4, size*size) pixel permutations: `random_dihedral`'s ops (rot90 k times, then an
-    optional flip) or `random_flip`'s (none, horizontal, vertical, both)."""
-    grid = torch.arange(size * size, device=device).view(size, size)
-    if dihedral:
-        ops = [torch.rot90(grid, k, dims=(0, 1)) for k in range(4)]
-        ops += [op.flip(-1) for op in ops]
-    else:
-        ops = [grid, grid.flip(-1), grid.flip(-2), grid.flip(-2, -1)]
-    return torch.stack([op.reshape(-1) for op in ops])
-
-
-def symmetry_parts(dihedral: bool) -> torch.Tensor:
-    """`_symmetry_table`'s ops as (transpose, flip rows, flip columns), applied in that order."""
-    grid = torch.arange(9).view(3, 3)
-    table = _symmetry_table(3, dihedral, grid.device)
-    combos = [(t, r, c) for t in (False, True) for r in (False, True) for c in (False, True)]
-    out = []
-    for op in table:
-        for t, r, c in combos:
-            y = grid.T if t else grid
-            y = y.flip(0) if r else y
-            y = y.flip(1) if c else y
-            if torch.equal(y.reshape(-1), op):
-                out.append((t, r, c))
-                break
-    return torch.tensor(out)
-
-
-def _draw_factors(cfg, g: torch.Generator | None, dev: torch.device, n: int, c: int) -> torch.Tensor:
-    """(n, c, 1, 1) brightness / contrast factors: 1 where crop i's coin (p) says no, else
-    1 + std * N(0, 1) per channel, clamped at the minimum (one draw order for both intensity paths)."""
-    on = (_rand(g, dev, n) < cfg.p)[:, None, None, None]
-    f = (1.0 + cfg.std * _randn(g, dev, n, c, 1, 1)).clamp(min=cfg.minimum)
-    return torch.where(on, f, torch.ones_like(f))
-
-
-def _draw_gaussian_noise(
-    gn, g: torch.Generator | None, dev: torch.device, shape: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(indices of the crops that get noise, their sigma-scaled N(0, 1) noise), or None: one draw
-    order for both intensity paths."""
-    if gn.p <= 0:
-        return None
-    n = shape[0]
-    on = _rand(g, dev, n) < gn.p
-    sigma = _between(*gn.sigma, _rand(g, dev, n))
-    idx = on.nonzero().flatten()
-    if not idx.numel():
-        return None
-    return idx, sigma[idx, None, None, None] * _randn(g, dev, idx.numel(), *shape[1:])
 
 
 class BatchedMultiCrop:
@@ -218,7 +130,7 @@ class BatchedMultiCrop:
         if w.numel() != c:
             raise ValueError(f"channel weights have {w.numel()} entries but the image has {c} channels")
         cum = torch.cumsum(w, 0) / w.sum()
-        return torch.searchsorted(cum, _rand(g, dev, b)).clamp(max=c - 1)
+        return torch.searchsorted(cum, uniform(g, dev, b)).clamp(max=c - 1)
 
     def _crop_set(self, xf, n, size, scale, blur_p, cidx, g) -> torch.Tensor:
         b, c, h, w = xf.shape
@@ -275,12 +187,12 @@ class BatchedMultiCrop:
         for cfg, centred in ((ints.brightness, False), (ints.contrast, True)):
             if cfg.p <= 0:
                 continue
-            f = _draw_factors(cfg, g, dev, n, c)
+            f = draw_factors(cfg, g, dev, n, c)
             # brightness: f * y; contrast: f * y + (1 - f) * mean(y), with y = a * y0 + b
             b = f * b + (1 - f) * (a * mean + b) if centred else f * b
             a = f * a
         y = self.blur(y, blur_p, g, inplace=True)
-        noise = _draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
+        noise = draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
         s = torch.ones(n, c, 1, 1, device=dev)  # what multiplies the noise
         factor = self.rescale(torch.ones(n, c, 1, 1, device=dev), cid, g)
         off, sc = stats
@@ -298,7 +210,7 @@ class BatchedMultiCrop:
         geo = self.recipe.geometry
         if geo.dihedral:
             return torch.randint(8, (n,), generator=g, device=dev)
-        u = _rand(g, dev, n, 2)
+        u = uniform(g, dev, n, 2)
         return (u[:, 0] < geo.p_horizontal_flip).long() + 2 * (u[:, 1] < geo.p_vertical_flip).long()
 
     def _parts(self, dev: torch.device) -> torch.Tensor:
@@ -314,7 +226,7 @@ class BatchedMultiCrop:
         n, c, s, _ = y.shape
         key = (s, self.recipe.geometry.dihedral, y.device)
         if key not in self._tables:
-            self._tables[key] = _symmetry_table(s, self.recipe.geometry.dihedral, y.device)
+            self._tables[key] = symmetry_table(s, self.recipe.geometry.dihedral, y.device)
         idx = self._tables[key][choice][:, None, :].expand(n, c, s * s)
         return y.reshape(n, c, s * s).gather(2, idx).view(n, c, s, s)
 
@@ -327,13 +239,15 @@ class BatchedMultiCrop:
         for cfg, centred in ((ints.brightness, False), (ints.contrast, True)):
             if cfg.p <= 0:
                 continue
-            f = _draw_factors(cfg, g, dev, n, c)
+            f = draw_factors(cfg, g, dev, n, c)
             mean = y.mean(dim=(-2, -1), keepdim=True) if centred else 0.0
             y = (y - mean) * f + mean
         gam = ints.gamma
         if gam.p > 0:
-            on = (_rand(g, dev, n) < gam.p)[:, None, None, None]
-            e = torch.exp(_between(math.log(gam.range[0]), math.log(gam.range[1]), _rand(g, dev, n, 1, 1, 1)))
+            on = (uniform(g, dev, n) < gam.p)[:, None, None, None]
+            e = torch.exp(
+                between(math.log(gam.range[0]), math.log(gam.range[1]), uniform(g, dev, n, 1, 1, 1))
+            )
             y = torch.where(on, y.clamp(min=0.0).pow(e), y)
         return y
 
@@ -346,8 +260,8 @@ class BatchedMultiCrop:
         if not bool((p > 0).any()):
             return y
         n = y.shape[0]
-        on = _rand(g, y.device, n) < p
-        sigma = _between(cfg.sigma[0], cfg.sigma[1], _rand(g, y.device, n))
+        on = uniform(g, y.device, n) < p
+        sigma = between(cfg.sigma[0], cfg.sigma[1], uniform(g, y.device, n))
         if not bool(on.any()):
             return y
         idx = on.nonzero().flatten()
@@ -363,13 +277,13 @@ class BatchedMultiCrop:
         dev = y.device
         pn = ints.poisson_noise
         if pn.p > 0:
-            on = (_rand(g, dev, n) < pn.p)[:, None, None, None]
+            on = (uniform(g, dev, n) < pn.p)[:, None, None, None]
             lo, hi = math.log(pn.photons[0]), math.log(pn.photons[1])
-            k = torch.exp(_between(lo, hi, _rand(g, dev, n, 1, 1, 1)))
-            s = _between(*pn.read_sigma, _rand(g, dev, n, 1, 1, 1))
+            k = torch.exp(between(lo, hi, uniform(g, dev, n, 1, 1, 1)))
+            s = between(*pn.read_sigma, uniform(g, dev, n, 1, 1, 1))
             shot = torch.poisson(y.clamp(min=0.0) * k, generator=g) / k
-            y = torch.where(on, shot + s * _randn(g, dev, *y.shape), y)
-        noise = _draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
+            y = torch.where(on, shot + s * normal(g, dev, *y.shape), y)
+        noise = draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
         if noise is not None:
             idx, eps = noise
             y = y.clone()
@@ -384,8 +298,8 @@ class BatchedMultiCrop:
             return y
         n, c = y.shape[:2]
         dev = y.device
-        on = _rand(g, dev, n) < ch.rescale_p
-        f = _between(*ch.rescale_range, _rand(g, dev, n))
+        on = uniform(g, dev, n) < ch.rescale_p
+        f = between(*ch.rescale_range, uniform(g, dev, n))
         if cid is None:
             check_channels(ch.protected, c, "channels.protected")
             sel = torch.zeros(n, c, dtype=torch.bool, device=dev)
@@ -403,7 +317,7 @@ class BatchedMultiCrop:
         if ch.drop_p <= 0 or not candidates:
             return y
         dev = y.device
-        u = _rand(g, dev, n, 2)
+        u = uniform(g, dev, n, 2)
         pick = (u[:, 1] * len(candidates)).long().clamp(max=len(candidates) - 1)
         col = torch.tensor(candidates, device=dev)[pick]
         hit = (u[:, 0] < ch.drop_p)[:, None] & (torch.arange(c, device=dev)[None, :] == col[:, None])
