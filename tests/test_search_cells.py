@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cellfm.curate import search
-from tests.cell_store import centroid as _centroid, write_cell_store
+from tests.cell_store import centroid, write_cell_store
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_a_rotated_field_finds_the_clicked_cell_first(cell_store):
     chosen = [ids[i] for i in np.linspace(0, len(ids) - 1, 4).astype(int)]
     rot_img, rot_mask = np.rot90(img).copy(), np.rot90(mask).copy()
     for cid in chosen:
-        at = _centroid(rot_mask, int(cid))
+        at = centroid(rot_mask, int(cid))
         result = search(out, rot_img, k=3, at=at, query_labels=rot_mask)
         assert result.iloc[0]["cell_id"] == cid, (cid, result[["cell_id", "score"]].values.tolist())
 

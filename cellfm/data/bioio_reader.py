@@ -29,10 +29,10 @@ import numpy as np
 from cellfm.data.stores import BIOIO_SUFFIXES
 from cellfm.data.tiff_ingest import (
     TiffRecord,
-    _compile,
-    _field_from_groups,
-    _well_from_groups,
+    compile_pattern,
+    field_from_groups,
     normalise_well,
+    well_from_groups,
 )
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def records_from_files(
         raise ValueError(f"scenes mode {scenes!r}: expected one of {SCENE_MODES}")
     if max_project and plane is not None:
         raise ValueError("give --plane N or --max-project, not both")
-    regex = _compile(pattern) if pattern else _WELL_TOKEN
+    regex = compile_pattern(pattern) if pattern else _WELL_TOKEN
     records, reference = [], None
     well_counts: dict[str, int] = {}  # fields numbered per well across all files
     repeated = sorted({os.path.abspath(f) for f in files if files.count(f) > 1})
@@ -220,11 +220,11 @@ def records_from_files(
                 if not m:
                     raise ValueError(f"{path}: no well in the file name (pattern {regex.pattern!r}); name the file "
                                      "after its well, give --pattern, or if its scenes are wells --scenes wells")  # fmt: skip
-                well = _well_from_groups(groups, path)
+                well = well_from_groups(groups, path)
                 if groups.get("field") and len(infos) > 1:
                     raise ValueError(f"{path}: the pattern gives a field, but the file has {len(infos)} scenes "
                                      "(its scenes are its fields); drop the field group")  # fmt: skip
-                field = _field_from_groups(groups) if groups.get("field") else str(well_counts.get(well, 0))
+                field = field_from_groups(groups) if groups.get("field") else str(well_counts.get(well, 0))
                 well_counts[well] = well_counts.get(well, 0) + 1
             ref = SceneRef(path, info.index, info.name, plane or 0, timepoint or 0, max_project)
             records.append(TiffRecord(ref, groups.get("plate") or "", well, field, None))  # type: ignore[arg-type]

@@ -71,9 +71,9 @@ def _stored_keys(state: dict, arr: Any) -> set[str]:
     """Chunk keys present for `arr` (listed once per array and process, cached in the image state)."""
     cache = state.setdefault("stored_chunk_keys", {})
     if arr.path not in cache:
-        from cellfm.data.stores import _list_chunk_keys
+        from cellfm.data.stores import list_chunk_keys
 
-        cache[arr.path] = _list_chunk_keys(arr)
+        cache[arr.path] = list_chunk_keys(arr)
     return cache[arr.path]
 
 

@@ -47,7 +47,7 @@ def plate_name(uri: str, meta: ngff.PlateMeta | None = None) -> str:
     return base
 
 
-def _well_name(path: str) -> str:
+def well_name(path: str) -> str:
     """'A/1', 'A01', 'a1' -> 'A1' (zero-padding and separators dropped)."""
     m = re.fullmatch(r"\s*([A-Za-z]+)[\s/_-]*0*(\d+)\s*", path)
     return f"{m.group(1).upper()}{int(m.group(2))}" if m else path.replace("/", "")
@@ -76,16 +76,16 @@ def list_fields(
         return [Image(uri, p, plate=plate_name(uri), well="", field=p, **common) for p in meta.images]
     meta = ngff.parse_plate(dict(root.attrs), uri)
     name = plate_name(uri, meta)
-    wanted = {_well_name(w) for w in wells} if wells else None
+    wanted = {well_name(w) for w in wells} if wells else None
     if wanted:
-        unknown = wanted - {_well_name(w) for w in meta.wells}
+        unknown = wanted - {well_name(w) for w in meta.wells}
         if unknown:
             raise KeyError(
                 f"{uri}: wells {sorted(unknown)} not in plate metadata (has {len(meta.wells)} wells)"
             )
     out: list[Image] = []
     for well_path in meta.wells:
-        if wanted and _well_name(well_path) not in wanted:
+        if wanted and well_name(well_path) not in wanted:
             continue
         try:
             well_meta = ngff.parse_well(
@@ -101,7 +101,7 @@ def list_fields(
         for image_path in well_meta.images:
             if fields and image_path not in fields:
                 continue
-            out.append(Image(uri, f"{well_path}/{image_path}", plate=name, well=_well_name(well_path),
+            out.append(Image(uri, f"{well_path}/{image_path}", plate=name, well=well_name(well_path),
                              field=image_path, **common))  # fmt: skip
     if fields and not out:
         raise KeyError(f"{uri}: no field named {fields} in any selected well")

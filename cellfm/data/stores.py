@@ -305,7 +305,7 @@ class Image:
             return []
         arr = self.array()
         if "present" not in state:
-            state["present"] = None if arr.nchunks_initialized == arr.nchunks else _list_chunk_keys(arr)
+            state["present"] = None if arr.nchunks_initialized == arr.nchunks else list_chunk_keys(arr)
         if state["present"] is None:
             return []
         ranges = []
@@ -339,7 +339,7 @@ class Image:
                      field=self.field, t=self.t, z=self.z, storage_options=self.storage_options)  # fmt: skip
 
 
-def _list_chunk_keys(arr: zarr.Array) -> set[str]:
+def list_chunk_keys(arr: zarr.Array) -> set[str]:
     """Chunk keys present in the store for `arr` (relative to the array)."""
     from zarr.core.sync import sync
 

@@ -54,7 +54,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return sorted(files)
 
 
-def _well_from_groups(groups: dict[str, str | None], where: str) -> str:
+def well_from_groups(groups: dict[str, str | None], where: str) -> str:
     if groups.get("well"):
         return normalise_well(groups["well"], where)
     row, col = groups.get("row"), groups.get("column") or groups.get("col")
@@ -68,7 +68,7 @@ def records_from_pattern(files: list[str], pattern: str, plate: str = "") -> lis
     """Parse file names with a regex whose named groups give well (or row+column), field, channel, plate.
 
     Without a `plate` group or argument the plate is "" (the converter then names it after its output)."""
-    regex = _compile(pattern)
+    regex = compile_pattern(pattern)
     names = set(regex.groupindex)
     if not ({"well"} <= names or {"row", "column"} <= names or {"row", "col"} <= names):
         raise ValueError(f"pattern {pattern!r} needs a named group 'well' or groups 'row' and 'column'")
@@ -79,21 +79,21 @@ def records_from_pattern(files: list[str], pattern: str, plate: str = "") -> lis
             unmatched.append(path)
             continue
         g = m.groupdict()
-        field = _field_from_groups(g)
-        records.append(TiffRecord(path, g.get("plate") or plate, _well_from_groups(g, path), field,
+        field = field_from_groups(g)
+        records.append(TiffRecord(path, g.get("plate") or plate, well_from_groups(g, path), field,
                                   g.get("channel")))  # fmt: skip
     if unmatched:
         raise ValueError(f"{len(unmatched)} file(s) do not match pattern {pattern!r}, e.g. {unmatched[:3]}")
     return records
 
 
-def _field_from_groups(g: dict) -> str:
+def field_from_groups(g: dict) -> str:
     """The field name of a match: digits lose leading zeros (`f01` and `f1` are one field), no group is "0"."""
     field = g.get("field") or ""
     return str(int(field)) if field.isdigit() else (field or "0")
 
 
-def _compile(pattern: str, what: str = "pattern") -> re.Pattern:
+def compile_pattern(pattern: str, what: str = "pattern") -> re.Pattern:
     try:
         return re.compile(pattern)
     except re.error as err:
@@ -105,7 +105,7 @@ def split_label_files(
 ) -> tuple[list[str], dict[tuple[str, str], dict[str, str]]]:
     """(image files, {(well, field): {label name: path}}) for the files whose names match `pattern`,
     a regex with groups well (or row, column), field and optionally name (else `name`)."""
-    regex = _compile(pattern, "labels pattern")
+    regex = compile_pattern(pattern, "labels pattern")
     if not ({"well"} <= set(regex.groupindex) or {"row", "column"} <= set(regex.groupindex)):
         raise ValueError(
             f"labels pattern {pattern!r} needs a named group 'well' or groups 'row' and 'column'"
@@ -117,8 +117,8 @@ def split_label_files(
             images.append(path)
             continue
         g = m.groupdict()
-        field = _field_from_groups(g)
-        entry = labels.setdefault((_well_from_groups(g, path), field), {})
+        field = field_from_groups(g)
+        entry = labels.setdefault((well_from_groups(g, path), field), {})
         key = g.get("name") or name
         if key in entry:
             raise ValueError(f"labels {key!r} of {path}: two files {entry[key]} and {path}")
@@ -172,7 +172,7 @@ def records_from_csv(manifest: str, plate: str = "") -> list[TiffRecord]:
                 raise FileNotFoundError(f"{where}: file {path} does not exist")
             field = (row.get("field") or "0").strip()
             field = str(int(field)) if field.isdigit() else field
-            records.append(TiffRecord(path, row.get("plate") or plate, _well_from_groups(row, where), field,
+            records.append(TiffRecord(path, row.get("plate") or plate, well_from_groups(row, where), field,
                                       row.get("channel") or None))  # fmt: skip
     if not records:
         raise ValueError(f"{manifest}: manifest lists no files")
@@ -240,7 +240,7 @@ def labels_from_csv(manifest: str, name: str = "cells") -> dict[tuple[str, str],
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{where}: labels file {path} does not exist")
             field = (row.get("field") or "0").strip()
-            key = (_well_from_groups(row, where), str(int(field)) if field.isdigit() else field)
+            key = (well_from_groups(row, where), str(int(field)) if field.isdigit() else field)
             if out.setdefault(key, {}).setdefault(name, path) != path:
                 raise ValueError(f"{where}: field {key} has two label files {out[key][name]} and {path}")
     return out

@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-from cellfm.data.plates import _well_name
+from cellfm.data.plates import well_name
 
 RESERVED = ("row", "column", "field", "cell_id", "source")
 CONTROL_COLUMNS = ("control", "is_control")
@@ -24,7 +24,7 @@ def read_well_metadata(path: str | os.PathLike) -> pd.DataFrame:
     clash = [c for c in RESERVED if c in df.columns]
     if clash:
         raise ValueError(f"{path}: columns {clash} are set by cellfm embed; rename them in the CSV")
-    df["well"] = [_well_name(str(w)) for w in df["well"]]
+    df["well"] = [well_name(str(w)) for w in df["well"]]
     keys = ["plate", "well"] if "plate" in df.columns else ["well"]
     dup = df[df.duplicated(keys, keep=False)]
     if len(dup):

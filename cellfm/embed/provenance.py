@@ -7,7 +7,7 @@ from importlib import metadata as importlib_metadata
 from typing import Any
 
 from cellfm.data import ngff
-from cellfm.data.plates import _well_name, store_kind
+from cellfm.data.plates import store_kind, well_name
 from cellfm.data.stores import open_node
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def empty_wells(stores: list[str], plan: list, counts: list[int]) -> list[str]:
         meta = ngff.parse_plate(dict(open_node(uri).attrs), uri)
         plate = next((p.plate for p in plan if p.source.startswith(str(uri).rstrip("/"))), "")
         for well in meta.wells:
-            key = (plate, _well_name(well))
+            key = (plate, well_name(well))
             if key not in listed:
                 rows_per_well[key] = 0
     empty = sorted(f"{p}/{w}" for (p, w), n in rows_per_well.items() if n == 0)

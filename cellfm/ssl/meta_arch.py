@@ -28,7 +28,7 @@ def trainable_backbone(backbone: nn.Module) -> nn.Module:
     return backbone.backbone if isinstance(backbone, BagOfChannels) else backbone
 
 
-def _heads(cfg: SSLConfig, dim: int) -> dict[str, nn.Module]:
+def build_heads(cfg: SSLConfig, dim: int) -> dict[str, nn.Module]:
     d = cfg.dino.head
     heads = {"dino_head": DINOHead(dim, d.n_prototypes, d.hidden_dim, d.bottleneck_dim, d.nlayers)}
     if cfg.ibot.separate_head:
@@ -44,7 +44,7 @@ class SSLMetaArch(nn.Module):
         super().__init__()
         self.cfg = cfg
         backbone = trainable_backbone(backbone)
-        self.student = nn.ModuleDict({"backbone": backbone, **_heads(cfg, backbone.embed_dim)})
+        self.student = nn.ModuleDict({"backbone": backbone, **build_heads(cfg, backbone.embed_dim)})
         # Self-distillation: the teacher is the student's EMA. Distillation: a frozen given teacher.
         self.distilling = teacher is not None
         self.teacher = teacher if teacher is not None else copy.deepcopy(self.student)

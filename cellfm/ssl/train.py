@@ -24,7 +24,7 @@ from .checkpointing import export_backbone, load_training_state, save_training_s
 from .compile import compile_backbones
 from .config import SSLConfig
 from .high_res import CropPhases, high_res_sizes
-from .meta_arch import SSLMetaArch, _heads, check_finite, trainable_backbone
+from .meta_arch import SSLMetaArch, build_heads, check_finite, trainable_backbone
 from .monitor import Monitor, peak_memory_mb, plot_loss_curve
 from .parallel import parallelize
 from .param_groups import param_groups
@@ -83,7 +83,7 @@ def load_frozen_teacher(path: str | Path, cfg: SSLConfig) -> nn.ModuleDict:
             f"{cfg.dino.head.n_prototypes}; set dino.head.n_prototypes to match"
         )
     backbone = trainable_backbone(backbone_from_config(replace(t_cfg.model, pretrained=None)))
-    teacher = nn.ModuleDict({"backbone": backbone, **_heads(t_cfg, backbone.embed_dim)})
+    teacher = nn.ModuleDict({"backbone": backbone, **build_heads(t_cfg, backbone.embed_dim)})
     prefix = "student_ema." if t_cfg.distillation.enabled else "teacher."
     if sharded is not None:  # each process reads the whole teacher before it is sharded
         load_module_from_sharded(sharded, teacher, prefix)
