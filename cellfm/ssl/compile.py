@@ -7,6 +7,10 @@ each block's `forward` compiles on its own, so the per-block all-gather / reshar
 state-dict keys, checkpoints, exports and resume are the same as without compile. The heads stay
 eager: the fused prototype loss is an autograd.Function looping over row blocks, and the iBOT rows
 change in number every step.
+
+Shapes are static (`dynamic=False`): a backbone seen at two crop sizes gets one graph per size. With
+dynamic shapes inductor recompiled the second size symbolically and spent over 30 minutes in sympy on a
+ViT-S/14 step on one CPU core (the static graphs of both sizes take minutes).
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ def compile_backbones(
         if per_block:
             for blk in backbone.blocks:
                 # The bound forward, not the module call: FSDP's hooks run around the graph.
-                blk.forward = torch.compile(blk.forward, backend=backend)
+                blk.forward = torch.compile(blk.forward, backend=backend, dynamic=False)
                 compiled.append(blk)
         else:
-            backbone.compile(backend=backend)
+            backbone.compile(backend=backend, dynamic=False)
             compiled.append(backbone)
     return compiled
 
