@@ -92,7 +92,7 @@ class BatchStream:
             )
         self.augment_on = resolve_augment_device(a.device, self.device.type)
         check_field_sizes(self.crops.images, d.field_crop_size)
-        check_stores(self.crops, a, d.field_crop_size)
+        check_stores(self.crops, a)
         if self.augment_on == "batched":
             self.crops.native = True
             make = RawBatch(MaskCollator.from_config(a), cfg.train.seed)

@@ -256,10 +256,10 @@ class RunLoader:
         return batch
 
 
-def check_stores(crops: CropDataset, augment, region: int) -> None:
+def check_stores(crops: CropDataset, augment) -> None:
     """Refuse stores the recipe cannot train on, naming them: a channel count other than the
-    recipe's, dtypes that `range` normalisation would mix up, or no field as large as the region
-    each sample reads (single fields that are too small are skipped with a warning)."""
+    recipe's, or dtypes that `range` normalisation would mix up. (Fields smaller than the region
+    each sample reads: `empty_data.check_field_sizes`, called first.)"""
     want = augment.channels.num_channels
     have = len(crops.channels)
     if want is not None and have != want and not augment.channels.bag_of_channels:
@@ -276,10 +276,3 @@ def check_stores(crops: CropDataset, augment, region: int) -> None:
                 f"input_norm mode 'range' divides by the dtype's maximum, but the stores mix dtypes "
                 f"{dtypes}; convert them to one dtype or use percentile normalisation"
             )
-    shapes = [(im.source, im.shape) for im in crops.images]
-    if all(min(s[1:]) < region for _, s in shapes):
-        src, shape = shapes[0]
-        raise ValueError(
-            f"every field is smaller than data.field_crop_size = {region} px (e.g. {src}: shape {shape}); "
-            f"lower data.field_crop_size (>= the {augment.crops.global_crops_size} px global crops)"
-        )
