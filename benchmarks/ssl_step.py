@@ -36,6 +36,7 @@ class Row(NamedTuple):
     subset_sd: bool | None = True
     fused: bool | None = True
     compiled: bool = False  # train.compile: the backbones through torch.compile
+    per_block: bool = False  # compile each block on its own (as under FSDP2), not the whole backbone
     precision: str | None = None  # None: the run's precision (fp32 on CPU, bf16 on CUDA)
     attention: str = "per_group"  # packed crops: one SDPA call per crop size, or "jagged" (one call)
 
@@ -49,6 +50,7 @@ ROWS = [
     Row("cellfm separate + subset SD, unfused loss", False, True, False),
     Row("cellfm separate + subset SD, compiled", False, compiled=True),
     Row("cellfm packed + subset SD, compiled", True, compiled=True),
+    Row("cellfm separate + subset SD, compiled per block", False, compiled=True, per_block=True),
     Row("cellfm packed + subset SD, one jagged attention call", True, attention="jagged"),
     # Mixed precision on one process is autocast (FSDP's per-module policy only changes what is
     # communicated: benchmarks/comm.py); on CPUs with AMX bf16 matmuls run several times faster.
@@ -232,7 +234,7 @@ class CellfmStep:
         if row.compiled:
             from cellfm.ssl.compile import compile_backbones
 
-            compile_backbones(self.meta, backend=s["compile_backend"])
+            compile_backbones(self.meta, per_block=row.per_block, backend=s["compile_backend"])
         self.opt = torch.optim.AdamW([p for p in self.meta.student.parameters() if p.requires_grad], lr=1e-4)
 
     def __call__(self, batch: dict) -> None:
@@ -287,7 +289,8 @@ def active_rows(s: dict, only: list[str] | None) -> list[Row]:
     """The rows of this run: all but a precision row equal to the run's own, filtered by `only`."""
     rows = [r for r in ROWS if r.precision is None or r.precision != s["precision"]]
     if s["depth"]:  # the smoke run (--tiny) compiles one row only
-        rows = [r for r in rows if not (r.compiled and r.pack)]
+        rows = [r for r in rows if not (r.compiled and (r.pack or r.per_block))]
+
     def wanted(r: Row) -> bool:
         return any(r.name == o[1:] if o.startswith("=") else o in r.name for o in only)
 
@@ -376,7 +379,7 @@ def report(s, args, rows_run, times, peaks, flops: float, matmul: dict[str, floa
                 "packing": row.pack,
                 "subset_sd": row.subset_sd,
                 "fused_head_loss": row.fused,
-                "compiled": s["compile_backend"] if row.compiled else None,
+                "compiled": (s["compile_backend"] + (" per block" if row.per_block else "")) if row.compiled else None,
                 "packed_attention": row.attention if row.pack else None,
                 "precision": precision,
                 "s_per_step": dt,
