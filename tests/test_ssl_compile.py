@@ -126,7 +126,9 @@ def test_pretrain_with_compile_keeps_checkpoint_and_export_keys(tmp_path):
     row = trainer.train(steps=2)
     assert row["step"] == 1 and row["loss"] > 0
     assert set(trainer.meta.state_dict()) == eager_keys
-    assert trainer.meta.student["backbone"]._compiled_call_impl is not None
+    # on CPU each block compiles on its own (a whole ViT-S/14 student stalls inductor's lowering)
+    blocks = trainer.meta.student["backbone"].blocks
+    assert all(hasattr(b.forward, "_torchdynamo_orig_callable") for b in blocks), type(blocks[0].forward)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert set(state["meta"]) == eager_keys
     exported = cellfm.load_backbone(tmp_path / "run" / "backbone.safetensors")

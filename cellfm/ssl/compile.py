@@ -1,7 +1,8 @@
 """`train.compile`: torch.compile the student's and the teacher's backbones, in place.
 
-On one process and under DDP each backbone compiles whole: one graph per call signature (the
-student's packed global + local crops, the teacher's global crops), no break per block. Under FSDP2
+On one CUDA process and under DDP on CUDA each backbone compiles whole: one graph per call signature
+(the student's packed global + local crops, the teacher's global crops), no break per block. Under
+FSDP2, and on CPU (where inductor's lowering of a whole ViT-S/14 student stalled for over 25 minutes),
 each block's `forward` compiles on its own, so the per-block all-gather / reshard hooks that
 `fully_shard` registers stay outside the graphs (the layout torchtitan uses). Nothing is renamed:
 state-dict keys, checkpoints, exports and resume are the same as without compile. The heads stay

@@ -117,7 +117,10 @@ class Trainer:
         self.meta.runners = parallelize(self.meta, cfg, self.info)
         if cfg.train.compile:  # after wrapping: FSDP's per-block hooks stay outside the graphs
             sharded = cfg.train.distributed == "fsdp" and self.info.world_size > 1
-            compile_backbones(self.meta, per_block=sharded, backend=cfg.train.compile_backend)
+            # per block on CPU too: inductor's lowering of a whole ViT-S/14 student stalled for over
+            # 25 minutes on CPU, while per block compiles in about 4 (benchmarks/ssl_step.py)
+            per_block = sharded or self.info.device.type == "cpu"
+            compile_backbones(self.meta, per_block=per_block, backend=cfg.train.compile_backend)
         o = cfg.optim
         depth = self.meta.student["backbone"].n_blocks
         self.groups = param_groups(self.meta.student, depth, o.layerwise_decay, o.patch_embed_lr_mult)
