@@ -64,3 +64,18 @@ def test_dihedral_averaged_cls_is_exactly_rotation_invariant():
     assert cls_retrieval(model, stack, labels, True, pairs, size=32, tta=True) == cls_retrieval(
         model, stack, labels, False, pairs, size=32, tta=True
     )
+
+
+def test_encoder_cls_tta_is_invariant_and_keeps_patches():
+    """`cellfm embed --cls-tta`: the CLS of a rotated / mirrored field equals the field's own; patch
+    maps are the plain forward's (fails if the symmetries are not averaged)."""
+    from cellfm.embed.encoder import Encoder
+
+    model = tiny()
+    x = torch.randn(2, 1, 32, 32)
+    plain, tta = Encoder(model, ["DNA"]), Encoder(model, ["DNA"], cls_tta=True)
+    cls, patches = tta(x)
+    for y in (torch.rot90(x, 1, dims=(-2, -1)), x.flip(-2)):
+        torch.testing.assert_close(tta(y)[0], cls, atol=1e-4, rtol=1e-4)
+        assert (plain(y)[0] - plain(x)[0]).abs().max() > 1e-3
+    torch.testing.assert_close(patches, plain(x)[1])
