@@ -6,6 +6,7 @@ import torch
 from cellfm.transforms import (
     BlurConfig,
     ChannelConfig,
+    FactorConfig,
     GeometryConfig,
     IntensityConfig,
     MultiCrop,
@@ -231,7 +232,9 @@ def test_global_same_box_pairs_differ_only_by_a_symmetry():
     """global_same_box_p=1: the second global crop is the first's box under one of the 8 symmetries
     (no intensity augmentation here); 0: boxes are drawn independently (fails if the box is reused)."""
     quiet = IntensityConfig(
-        brightness={"p": 0.0}, contrast={"p": 0.0}, blur=BlurConfig(p_global=(0.0, 0.0), p_local=0.0)
+        brightness=FactorConfig(p=0.0),
+        contrast=FactorConfig(p=0.0),
+        blur=BlurConfig(p_global=(0.0, 0.0), p_local=0.0),
     )
     x = field(1, 96, 96, torch.float32, seed=3)
 
