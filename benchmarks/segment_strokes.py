@@ -2,6 +2,8 @@
 
     python benchmarks/segment_strokes.py            # dev + held-out images, 2 stroke seeds (minutes)
     python benchmarks/segment_strokes.py --tiny     # two small crops, tiny random ViT (seconds)
+    python benchmarks/segment_strokes.py --split held-out --also-model new=runs/v2/backbone.safetensors
+        # adds a "new, default segmenter" row from another checkpoint (saved as segment_strokes_compare)
 
 Per image and seed, `cellfm.segment.strokes.user_strokes` draws a ~15 px line inside each of 8
 objects and a radius-2 disc at 8 background spots (a few hundred labelled pixels). Every method is
@@ -80,8 +82,9 @@ def images(tiny: bool) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     return out
 
 
-def backbones(tiny: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(default model, official-architecture ViT-S/14 with random weights); tiny: one tiny random ViT."""
+def backbones(tiny: bool, model: str | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(default model or `model`, official-architecture ViT-S/14 with random weights); tiny: one tiny
+    random ViT."""
     from cellfm.models import VisionTransformer, ViTArch, vit_small
 
     torch.manual_seed(0)
@@ -90,12 +93,17 @@ def backbones(tiny: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
         return model, model
     from cellfm import load_backbone
 
-    return load_backbone(), vit_small(patch_size=14, in_chans=1)
+    return load_backbone(model), vit_small(patch_size=14, in_chans=1)
 
 
-def make_methods(tiny: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
-    """name -> (image, strokes) -> labels (strokes' values) or a boolean foreground."""
-    default, random_official = backbones(tiny)
+def make_methods(
+    tiny: bool, model: str | None = None, also: dict[str, str] | None = None
+) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """name -> (image, strokes) -> labels (strokes' values) or a boolean foreground; `also` adds a
+    "LABEL, default segmenter" method per LABEL -> checkpoint."""
+    from cellfm import load_backbone
+
+    default, random_official = backbones(tiny, model)
 
     def seg(backbone, **kw):
         return lambda img, s: ScribbleSegmenter(backbone, **kw).fit(img, s).predict(img)
@@ -113,14 +121,19 @@ def make_methods(tiny: bool) -> dict[str, Callable[[np.ndarray, np.ndarray], np.
             select=False,
         ),
         "default model, default segmenter": seg(default),
+        **{f"{label}, default segmenter": seg(load_backbone(path)) for label, path in (also or {}).items()},
     }
 
 
-def run(tiny: bool, seeds: int) -> dict:
+def run(
+    tiny: bool, seeds: int, model: str | None = None, also: dict[str, str] | None = None, split: str = "all"
+) -> dict:
     torch.set_num_threads(1)
-    methods = make_methods(tiny)
+    methods = make_methods(tiny, model, also)
     rows = []
-    for split, name, img, lab in images(tiny):
+    for split_, name, img, lab in images(tiny):
+        if split not in ("all", split_):
+            continue
         fg = lab > 0
         for seed in range(seeds):
             strokes = user_strokes(lab, seed=seed)
@@ -131,7 +144,7 @@ def run(tiny: bool, seeds: int) -> dict:
                 pred = out if out.dtype == bool else out == FOREGROUND
                 inst = instances(pred, "watershed", MIN_DISTANCE, min_size=10)
                 rows.append({
-                    "split": split, "image": name, "seed": seed, "method": method,
+                    "split": split_, "image": name, "seed": seed, "method": method,
                     "foreground_f1": foreground_f1(pred, fg), "object_f1": object_f1(inst, lab),
                     "stroked_px": int((strokes > 0).sum()), "seconds": seconds,
                 })  # fmt: skip
@@ -220,10 +233,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="two small crops, tiny random ViT (CI smoke)")
     parser.add_argument("--seeds", type=int, default=None, help="stroke seeds per image (default 2; tiny 1)")
     parser.add_argument("--latency-only", action="store_true", help="only the strokes -> prediction timing")
+    parser.add_argument(
+        "--model", default=None, help="checkpoint for the 'default model' rows (default: shipped)"
+    )
+    parser.add_argument("--also-model", action="append", default=[], metavar="LABEL=PATH",
+                        help="add a 'LABEL, default segmenter' row from this checkpoint (repeatable)")  # fmt: skip
+    parser.add_argument("--split", choices=("all", "dev", "held-out"), default="all")
     args = parser.parse_args(argv)
-    result = {} if args.latency_only else run(args.tiny, args.seeds or (1 if args.tiny else 2))
+    also = {}
+    for item in args.also_model:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            parser.error(f"--also-model wants LABEL=PATH, got {item!r}")
+        also[label] = path
+    compare = bool(also or args.model or args.split != "all")
+    seeds = args.seeds or (1 if args.tiny else 2)
+    result = {} if args.latency_only else run(args.tiny, seeds, args.model, also, args.split)
     if not args.latency_only:
         print_table(result["summary"])
+    if compare:  # a comparison run: the canonical results file is the plain full run's
+        result.update(benchmark="segment_strokes", model=args.model, also=also, split=args.split)
+        print(f"saved {save('segment_strokes_compare', result, args.tiny)}")
+        return 0
     result["latency"] = latency(args.tiny)
     for r in result["latency"]:
         print(f"strokes -> prediction {r['size']}^2, cached features: {r['strokes_to_prediction_s']:.2f} s wall, "

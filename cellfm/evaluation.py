@@ -7,6 +7,10 @@
   inside its mask) at slice z must retrieve the same nucleus among all nuclei at slice z + dz (top-1),
   also when the query slice is rotated by 90 degrees; raw-pixel crops around the centroid are the
   baseline.
+- Same-nucleus retrieval with the CLS token: a `CLS_CROP` px crop of the normalised slice around each
+  nucleus's centroid goes through the backbone on its own and its CLS token (`x_norm_clstoken`) is its
+  embedding; the query crop is rotated by 90 degrees in the rotated variant (the gallery never is).
+  `tta=True` averages the CLS over the 8 dihedral symmetries of the crop (reported separately).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ TRAIN_SLICES = tuple(range(12, 48, 4))  # z-slices the probe is fitted on
 TEST_SLICES = tuple(range(14, 50, 4))  # z-slices it is scored on (interleaved, never the same)
 RETRIEVAL_PAIRS = tuple((z, z + 3) for z in range(15, 45, 5))
 CROP = 24  # raw-pixel baseline crop around each centroid
+CLS_CROP = 48  # crop around each centroid whose CLS token embeds the nucleus (a multiple of the patch)
+MIN_PIXELS = 20  # nuclei smaller than this in a slice are left out of retrieval
 
 
 def random_like(backbone: nn.Module, seed: int = 0) -> nn.Module:
@@ -81,6 +87,67 @@ def _pixel_crops(image, labels, rotate: bool) -> dict[int, np.ndarray]:
     return out
 
 
+def _centroid_crops(image: np.ndarray, labels: np.ndarray, size: int) -> dict[int, np.ndarray]:
+    """(size, size) crops of the normalised slice centred on each nucleus (zero padded at the edges)."""
+    x = normalise_image(image)[0].numpy()
+    padded = np.pad(x, size)
+    out = {}
+    for i in np.unique(labels):
+        if i == 0:
+            continue
+        ys, xs = np.nonzero(labels == i)
+        if len(ys) < MIN_PIXELS:
+            continue
+        cy, cx = int(ys.mean()) + size, int(xs.mean()) + size
+        out[int(i)] = padded[cy - size // 2 : cy - size // 2 + size, cx - size // 2 : cx - size // 2 + size]
+    return out
+
+
+@torch.no_grad()
+def cls_embeddings(
+    backbone: nn.Module, crops: dict[int, np.ndarray], rotate: bool = False, tta: bool = False
+) -> dict[int, np.ndarray]:
+    """CLS token of each crop (rotated by 90 degrees first with `rotate`; mean over the 8 dihedral
+    symmetries of the crop with `tta`)."""
+    if not crops:
+        return {}
+    ids = list(crops)
+    x = torch.from_numpy(np.stack([crops[i] for i in ids]).astype(np.float32))[:, None]
+    if rotate:
+        x = torch.rot90(x, 1, dims=(-2, -1))
+    views = [x]
+    if tta:
+        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
+    emb = torch.stack([backbone.forward_features(v)["x_norm_clstoken"].float() for v in views]).mean(0)
+    return dict(zip(ids, emb.numpy()))
+
+
+def cls_retrieval(
+    backbone: nn.Module | None,
+    stack: np.ndarray,
+    labels: np.ndarray,
+    rotate: bool,
+    pairs=RETRIEVAL_PAIRS,
+    size: int = CLS_CROP,
+    tta: bool = False,
+) -> float:
+    """Top-1 same-nucleus retrieval z -> z + dz with each nucleus's `size` px centroid crop embedded by
+    the backbone's CLS token (`backbone=None`: the crop's raw normalised pixels), the query rotated by
+    90 degrees with `rotate`."""
+    hits = total = 0
+    for z, z2 in pairs:
+        qc, gc = _centroid_crops(stack[z], labels[z], size), _centroid_crops(stack[z2], labels[z2], size)
+        if backbone is None:
+            k = 1 if rotate else 0
+            q = {i: np.rot90(c, k).ravel() for i, c in qc.items()}
+            g = {i: c.ravel() for i, c in gc.items()}
+        else:
+            q, g = cls_embeddings(backbone, qc, rotate, tta), cls_embeddings(backbone, gc, False, tta)
+        h, n = _top1(q, g)
+        hits, total = hits + h, total + n
+    return hits / max(total, 1)
+
+
 def _top1(query: dict[int, np.ndarray], gallery: dict[int, np.ndarray]) -> tuple[int, int]:
     ids = [i for i in query if i in gallery]
     if not ids:
@@ -111,10 +178,13 @@ def retrieval(
     return hits / max(total, 1)
 
 
-def evaluate_heldout(backbone: nn.Module, with_random: bool = True, quick: bool = False) -> dict[str, Any]:
+def evaluate_heldout(
+    backbone: nn.Module, with_random: bool = True, quick: bool = False, tta: bool = False
+) -> dict[str, Any]:
     """All held-out numbers for `backbone` (and its random-initialised twin).
 
-    `quick` uses a third of the slices (for smoke tests); reported numbers use all of them.
+    `quick` uses a third of the slices (for smoke tests); reported numbers use all of them. `tta` adds
+    the CLS retrieval with the CLS averaged over the 8 dihedral symmetries of each crop.
     """
     from .data.samples import heldout_nuclei
 
@@ -133,16 +203,28 @@ def evaluate_heldout(backbone: nn.Module, with_random: bool = True, quick: bool 
             "raw_pixels": retrieval(None, stack, labels, False),
             "raw_pixels_rotated90": retrieval(None, stack, labels, True),
         },
+        "cls_retrieval_top1": {
+            "model": cls_retrieval(backbone, stack, labels, False, pairs),
+            "model_rotated90": cls_retrieval(backbone, stack, labels, True, pairs),
+            "raw_pixels": cls_retrieval(None, stack, labels, False, pairs),
+            "raw_pixels_rotated90": cls_retrieval(None, stack, labels, True, pairs),
+            "crop": CLS_CROP,
+        },
         "slices": {
             "probe_train": list(TRAIN_SLICES),
             "probe_test": list(TEST_SLICES),
             "retrieval_pairs": [list(p) for p in RETRIEVAL_PAIRS],
         },
     }
+    if tta:
+        c = result["cls_retrieval_top1"]
+        c["model_tta8"] = cls_retrieval(backbone, stack, labels, False, pairs, tta=True)
+        c["model_tta8_rotated90"] = cls_retrieval(backbone, stack, labels, True, pairs, tta=True)
     if with_random:
         rnd = random_like(backbone).eval()
         result["patch_probe_f1"]["random_init"] = patch_probe(rnd, *tr, *te)["backbone_f1"]
         result["retrieval_top1"]["random_init"] = retrieval(rnd, stack, labels, False, pairs)
+        result["cls_retrieval_top1"]["random_init"] = cls_retrieval(rnd, stack, labels, False, pairs)
     return result
 
 
@@ -155,4 +237,17 @@ def format_evaluation(res: dict[str, Any]) -> str:
         f"| same-nucleus retrieval top-1 (z -> z+3) | {r['model']:.3f} | {r.get('random_init', float('nan')):.3f} | {r['raw_pixels']:.3f} |",
         f"| ... query rotated 90 degrees | {r['model_rotated90']:.3f} | | {r['raw_pixels_rotated90']:.3f} |",
     ]
+    c = res.get("cls_retrieval_top1")
+    if c:
+        crop = c.get("crop", CLS_CROP)
+        lines += [
+            f"| same-nucleus retrieval, CLS of a {crop} px crop (z -> z+3) | {c['model']:.3f} | "
+            f"{c.get('random_init', float('nan')):.3f} | {c['raw_pixels']:.3f} |",
+            f"| ... query crop rotated 90 degrees | {c['model_rotated90']:.3f} | | {c['raw_pixels_rotated90']:.3f} |",
+        ]
+        if "model_tta8" in c:
+            lines += [
+                f"| CLS averaged over 8 symmetries (test-time), unrotated / rotated 90 | "
+                f"{c['model_tta8']:.3f} / {c['model_tta8_rotated90']:.3f} | | |"
+            ]
     return "\n".join(lines)

@@ -338,3 +338,8 @@ def test_folded_affine_tail_equals_the_op_by_op_path(bag_of_channels):
     for key in ("global_crops", "local_crops"):
         torch.testing.assert_close(a[key], b[key], atol=2e-4, rtol=1e-4)
         assert torch.equal(a[key] == 0, b[key] == 0)  # dropped channels are exact zeros in both
+
+
+def test_batched_refuses_same_box_global_pairs():
+    with pytest.raises(ValueError, match="global_same_box_p"):
+        BatchedMultiCrop(MultiCrop(16, 8, 2, geometry=GeometryConfig(global_same_box_p=0.5)))

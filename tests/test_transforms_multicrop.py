@@ -6,6 +6,7 @@ import torch
 from cellfm.transforms import (
     BlurConfig,
     ChannelConfig,
+    FactorConfig,
     GeometryConfig,
     IntensityConfig,
     MultiCrop,
@@ -225,3 +226,26 @@ def test_default_documented_values():
     x = np.random.default_rng(0).integers(0, 65535, (5, 256, 256)).astype(np.uint16)
     out = mc(x, torch.Generator().manual_seed(0))
     assert out["global_crops"][0].shape == (5, 224, 224) and out["local_crops"][7].shape == (5, 96, 96)
+
+
+def test_global_same_box_pairs_differ_only_by_a_symmetry():
+    """global_same_box_p=1: the second global crop is the first's box under one of the 8 symmetries
+    (no intensity augmentation here); 0: boxes are drawn independently (fails if the box is reused)."""
+    quiet = IntensityConfig(
+        brightness=FactorConfig(p=0.0),
+        contrast=FactorConfig(p=0.0),
+        blur=BlurConfig(p_global=(0.0, 0.0), p_local=0.0),
+    )
+    x = field(1, 96, 96, torch.float32, seed=3)
+
+    def best(p: float, seed: int) -> float:
+        a, b = small(geometry=GeometryConfig(global_same_box_p=p), intensity=quiet, seed=seed)(x)[
+            "global_crops"
+        ]
+        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (a, a.flip(-1)) for k in range(4)]
+        return min(float((v - b).abs().max()) for v in views)
+
+    assert all(best(1.0, s) < 1e-5 for s in range(5))
+    assert all(best(0.0, s) > 1e-2 for s in range(5))
+    with pytest.raises(ValueError, match="global_same_box_p"):
+        small(geometry=GeometryConfig(global_same_box_p=1.5))

@@ -47,6 +47,11 @@ class BatchedMultiCrop:
     def __init__(self, recipe: MultiCrop, dtype: torch.dtype = torch.float32):
         if recipe.geometry.elastic_p > 0:
             raise ValueError("the batched multi-crop has no elastic warp; set augment.device: cpu")
+        if recipe.geometry.global_same_box_p > 0:
+            raise ValueError(
+                "the batched multi-crop draws every box independently (geometry.global_same_box_p="
+                f"{recipe.geometry.global_same_box_p}); set augment.device: cpu or global_same_box_p: 0"
+            )
         self.recipe, self.dtype = recipe, dtype
         self._tables: dict[tuple, torch.Tensor] = {}
         out = recipe.output_norm

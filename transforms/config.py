@@ -44,6 +44,9 @@ class GeometryConfig:
 
     `dihedral` draws one of the 8 rot90/flip symmetries per crop and replaces the two flips.
     `small_image`: "error" rejects fields smaller than the largest crop, "upsample" interpolates.
+    `global_same_box_p`: probability that the second global crop of a field reuses the first's box, so
+    the two views differ only by symmetry, elastic warp and intensity (trains a symmetry-invariant
+    CLS token directly); 0 draws every box independently, as DINOv2 does.
     """
 
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -56,6 +59,7 @@ class GeometryConfig:
     elastic_alpha: float = 8.0
     elastic_grid: int = 5
     small_image: str = "error"
+    global_same_box_p: float = 0.0
 
 
 @dataclass

@@ -98,7 +98,7 @@ class MultiCrop:
         check_range(geo.ratio, "geometry.ratio", low=1e-6)
         if geo.small_image not in ("error", "upsample"):
             raise ValueError(f"geometry.small_image must be 'error' or 'upsample', got {geo.small_image!r}")
-        for name in ("p_horizontal_flip", "p_vertical_flip", "elastic_p"):
+        for name in ("p_horizontal_flip", "p_vertical_flip", "elastic_p", "global_same_box_p"):
             check_prob(getattr(geo, name), f"geometry.{name}")
         if geo.elastic_grid < 2:
             raise ValueError(f"geometry.elastic_grid must be >= 2, got {geo.elastic_grid}")
@@ -204,8 +204,11 @@ class MultiCrop:
             x = x[torch.arange(b), cidx][:, None]
         in_stats = self.input_norm.stats(x, None if cidx is None else cidx[:, None])
         ints = self.intensity
+        same = None
+        if self.geometry.global_same_box_p > 0:
+            same = (torch.rand(b, generator=g) < self.geometry.global_same_box_p).tolist()
         globals_ = self._crop_set(
-            x, in_stats, 2, self.global_crops_size, self.global_crops_scale, ints.blur.p_global, cidx, g
+            x, in_stats, 2, self.global_crops_size, self.global_crops_scale, ints.blur.p_global, cidx, g, same
         )
         blur_local = (ints.blur.p_local,) * self.local_crops_number
         locals_ = self._crop_set(
@@ -220,17 +223,23 @@ class MultiCrop:
         )
         return globals_, locals_, cidx
 
-    def _crop_set(self, x, in_stats, n, size, scale, blur_p, cidx, g) -> list[torch.Tensor]:
-        """n crops of every field in x, augmented together as one (n*B, C, S, S) batch, crop-major."""
+    def _crop_set(self, x, in_stats, n, size, scale, blur_p, cidx, g, same=None) -> list[torch.Tensor]:
+        """n crops of every field in x, augmented together as one (n*B, C, S, S) batch, crop-major;
+        field i's crops after the first reuse its first box where `same[i]` is true."""
         if n == 0:
             return []
         b, _, h, w = x.shape
         geo = self.geometry
         off, sc = in_stats
-        crops = []
-        for _ in range(n):
+        crops, first = [], []
+        for k in range(n):
             for i in range(b):
-                top, left, bh, bw = sample_crop_box(h, w, scale, geo.ratio, g)
+                if k > 0 and same is not None and same[i]:
+                    top, left, bh, bw = first[i]
+                else:
+                    top, left, bh, bw = sample_crop_box(h, w, scale, geo.ratio, g)
+                if k == 0:
+                    first.append((top, left, bh, bw))
                 # normalise the box before resampling: constant channels become exact zeros
                 box = x[i : i + 1, :, top : top + bh, left : left + bw]
                 region = self.input_norm.apply(box, off[i : i + 1], sc[i : i + 1])[0]

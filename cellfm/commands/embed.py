@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-area", type=int, default=1, help="drop objects smaller than this many pixels")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (mixed precision on CUDA)")
+    p.add_argument("--cls-tta", action="store_true",
+                   help="CLS averaged over the 8 rot90/flip symmetries of each input (8x the compute)")  # fmt: skip
     p.add_argument("--int8", action="store_true",
                    help="CPU: int8 matmuls in the transformer (about 1.6x faster, features within ~1e-3 cosine)")  # fmt: skip
     p.add_argument(
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(level=args.level, pooling=args.pooling, labels=args.labels, image_level=level,
                    tile_size=args.tile_size, overlap=args.overlap, crop_size=args.crop_size,
                    min_area=args.min_area, batch_size=args.batch_size, device=args.device,
-                   int8=args.int8, on_bad_data=args.on_bad_data, nan_policy=args.nan_policy)  # fmt: skip
+                   int8=args.int8, cls_tta=args.cls_tta, on_bad_data=args.on_bad_data, nan_policy=args.nan_policy)  # fmt: skip
     if args.channels:
         options["channels"] = [c.strip() for c in args.channels.split(",") if c.strip()]
     client = None

@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--no-random", action="store_true", help="skip the random-initialised baseline")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="also report CLS retrieval with the CLS averaged over the 8 dihedral symmetries of each crop",
+    )
     p.set_defaults(func=run)
 
 
@@ -28,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     chans = model.arch.in_chans if model.arch.channel_strategy == "fixed" else 1
     if chans != 1:
         model = load_backbone(args.model, in_chans=1)
-    res = evaluate_heldout(model, with_random=not args.no_random)
+    res = evaluate_heldout(model, with_random=not args.no_random, tta=args.tta)
     print(format_evaluation(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -31,8 +31,24 @@ def _bio_sample_file(name: str) -> Path:
     return Path(spec.origin).parent / "sample_images" / name
 
 
-def training_images(timelapse_frames: int = 4) -> dict[str, np.ndarray]:
-    """Named (H, W) uint16 fluorescence images for training (never the held-out nuclei.tif)."""
+def stardist_3d_mosaic(side: int = 512) -> np.ndarray:
+    """stardist's 3D nuclei test image (31 x 61 x 57) as one 2-D uint16 mosaic of its z-slices: each
+    slice twice (the second mirrored), 8 x 8 tiles, reflect-padded to `side` x `side` (its slices are
+    smaller than a training field, and a plate's fields share one shape)."""
+    from stardist.data import test_image_nuclei_3d
+
+    vol = np.asarray(test_image_nuclei_3d(), dtype=np.uint16)
+    tiles = [vol[z] for z in range(len(vol))] + [vol[z, :, ::-1] for z in range(len(vol))]
+    tiles = (tiles * 2)[:64]
+    rows = [np.concatenate(tiles[r * 8 : r * 8 + 8], axis=1) for r in range(8)]
+    mosaic = np.concatenate(rows, axis=0)
+    ph, pw = max(side - mosaic.shape[0], 0), max(side - mosaic.shape[1], 0)
+    return np.pad(mosaic, ((0, ph), (0, pw)), mode="reflect")[:side, :side]
+
+
+def training_images(timelapse_frames: int = 4, stardist_3d: bool = False) -> dict[str, np.ndarray]:
+    """Named (H, W) uint16 fluorescence images for training (never the held-out nuclei.tif); with
+    `stardist_3d`, also the mosaic of stardist's 3D test image slices (`stardist_3d_mosaic`)."""
     import tifffile
     from skimage import data as skdata
 
@@ -41,8 +57,10 @@ def training_images(timelapse_frames: int = 4) -> dict[str, np.ndarray]:
         from stardist.data import test_image_nuclei_2d
 
         images["stardist_nuclei"] = np.asarray(test_image_nuclei_2d(), dtype=np.uint16)
+        if stardist_3d:
+            images["stardist_nuclei_3d_mosaic"] = stardist_3d_mosaic()
     except ImportError:  # stardist is in the samples extra: the other images still make a plate
-        log.warning("stardist is not installed, so its nuclei image is left out: %s", SAMPLES_HINT)
+        log.warning("stardist is not installed, so its nuclei images are left out: %s", SAMPLES_HINT)
     images["skimage_cell"] = skdata.cell().astype(np.uint16) * 257
     stack = tifffile.imread(_bio_sample_file("2D_timelapse.tif"))
     for i in np.linspace(0, len(stack) - 1, timelapse_frames).astype(int):
@@ -71,6 +89,8 @@ def otsu_objects(img: np.ndarray, min_size: int = 40) -> np.ndarray:
 
 def object_labels(name: str, img: np.ndarray) -> np.ndarray:
     """Labels for a training image: stardist's own mask for its image, Otsu objects otherwise."""
+    if name == "stardist_nuclei_3d_mosaic":
+        return otsu_objects(img)
     if name == "stardist_nuclei":
         from stardist.data import test_image_nuclei_2d
 
@@ -79,14 +99,18 @@ def object_labels(name: str, img: np.ndarray) -> np.ndarray:
 
 
 def write_sample_plate(
-    out: str | Path, version: str = "0.4", timelapse_frames: int = 4, labels: bool = True
+    out: str | Path,
+    version: str = "0.4",
+    timelapse_frames: int = 4,
+    labels: bool = True,
+    stardist_3d: bool = False,
 ) -> str:
     """An OME-Zarr HCS plate with one well per training image (channel "DNA") and, with `labels`,
     a `labels/nuclei` object image per field; returns its path.
 
     Viewers (ome-zarr-py, napari-ome-zarr) tile a plate's fields into one grid, so every field has
     the same shape: each image is centre-cropped to the smallest height and width among them."""
-    images = training_images(timelapse_frames)
+    images = training_images(timelapse_frames, stardist_3d)
     h = min(img.shape[0] for img in images.values())
     w = min(img.shape[1] for img in images.values())
     wells = {f"A/{i + 1}": ["0"] for i in range(len(images))}

@@ -34,6 +34,7 @@ class EmbedConfig:
     device: str = "cpu"
     amp: bool = True
     int8: bool = False  # CPU only: int8 matmuls in the transformer blocks (cellfm.models.int8)
+    cls_tta: bool = False  # CLS = mean over the 8 rot90/flip symmetries of each input (8x the compute)
     prefetch: int = 2
     normalization: dict | None = None
     on_bad_data: str = "skip"  # damaged chunks: skip the field (uns["cellfm"]["skipped"]) | fail

@@ -88,7 +88,10 @@ def resolve_channels(
 
 @dataclass
 class Encoder:
-    """Runs a backbone on normalised (B, C, h, w) batches; features are channel-major for Bag-of-Channels."""
+    """Runs a backbone on normalised (B, C, h, w) batches; features are channel-major for Bag-of-Channels.
+
+    `cls_tta`: the CLS is the mean over the 8 rot90/flip symmetries of each input (exactly invariant to
+    them; 8x the compute); patch maps always come from the unchanged input."""
 
     model: nn.Module
     channels: list[str]
@@ -97,6 +100,7 @@ class Encoder:
     amp: bool = True
     output_norm: dict = field(default_factory=lambda: {"mode": "identity"})
     int8: bool = False
+    cls_tta: bool = False
 
     def __post_init__(self) -> None:
         from cellfm.transforms import Normalize
@@ -135,12 +139,18 @@ class Encoder:
         """CLS (B, F) and patch maps (B, gh, gw, F), float32 on the CPU, for a normalised batch."""
         x = self._out_norm(x).to(self.device, non_blocking=True)
         with self._autocast():
-            if self.strategy == "channel_tokens":
-                out = self.model.forward_features(x, channel_ids=self.channel_ids)
-            else:
-                out = self.model.forward_features(x)
+            out = self._forward(x)
+            cls = out["x_norm_clstoken"].float()
+            if self.cls_tta:
+                views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
+                cls = torch.stack([self._forward(v)["x_norm_clstoken"].float() for v in views]).mean(0)
         p = self.patch_size
         gh, gw = -(-x.shape[-2] // p), -(-x.shape[-1] // p)
-        cls = out["x_norm_clstoken"].float().cpu()
+        cls = cls.cpu()
         patches = out["x_norm_patchtokens"].float().cpu().reshape(x.shape[0], gh, gw, -1)
         return cls, patches
+
+    def _forward(self, x: torch.Tensor) -> dict:
+        if self.strategy == "channel_tokens":
+            return self.model.forward_features(x, channel_ids=self.channel_ids)
+        return self.model.forward_features(x)

@@ -114,7 +114,7 @@ def run_fields(spec: JobSpec, indices: list[int], on_field: Any = None) -> int:
         torch.set_num_threads(spec.threads)
     model = load_model(spec.model)
     encoder = Encoder(model, spec.channels, spec.channel_ids, spec.cfg.device, spec.cfg.amp,
-                      spec.normalization["output"], int8=spec.cfg.int8)  # fmt: skip
+                      spec.normalization["output"], int8=spec.cfg.int8, cls_tta=spec.cfg.cls_tta)  # fmt: skip
     input_norm = Normalize(**spec.normalization["input"])
     rows = RowStore(spec.rows)
     jobs = ((i, spec.images[i], spec.labels[i]) for i in indices)
@@ -227,7 +227,7 @@ def _run_embed(
         wells_meta = read_well_metadata(metadata)
         check_wells(wells_meta, sorted({(p.plate, p.well) for p in plan}), metadata)
     norm = cfg.normalization or default_normalization(meta)
-    encoder = Encoder(net, channels, ids, cfg.device, cfg.amp, norm["output"])
+    encoder = Encoder(net, channels, ids, cfg.device, cfg.amp, norm["output"], cls_tta=cfg.cls_tta)
     names, feature_channels = encoder.feature_names()
     signature = {"stores": stores, "fields": [p.source for p in plan], "config": cfg.to_dict(),
                  "model": model_digest(net, meta), "channels": channels, "normalization": norm,
