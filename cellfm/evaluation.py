@@ -65,7 +65,7 @@ def _nuclei_embeddings(backbone, image, labels, rotate: bool) -> dict[int, np.nd
         if i == 0:
             continue
         m = lab == int(i)
-        if m.sum() >= 20:
+        if m.sum() >= MIN_PIXELS:
             out[int(i)] = feats[:, m].mean(dim=1).numpy()
     return out
 
@@ -73,18 +73,7 @@ def _nuclei_embeddings(backbone, image, labels, rotate: bool) -> dict[int, np.nd
 def _pixel_crops(image, labels, rotate: bool) -> dict[int, np.ndarray]:
     if rotate:
         image, labels = np.rot90(image).copy(), np.rot90(labels).copy()
-    x = normalise_image(image)[0].numpy()
-    padded = np.pad(x, CROP)
-    out = {}
-    for i in np.unique(labels):
-        if i == 0:
-            continue
-        ys, xs = np.nonzero(labels == i)
-        if len(ys) < 20:
-            continue
-        cy, cx = int(ys.mean()) + CROP, int(xs.mean()) + CROP
-        out[int(i)] = padded[cy - CROP // 2 : cy + CROP // 2, cx - CROP // 2 : cx + CROP // 2].ravel()
-    return out
+    return {i: crop.ravel() for i, crop in _centroid_crops(image, labels, CROP).items()}
 
 
 def _centroid_crops(image: np.ndarray, labels: np.ndarray, size: int) -> dict[int, np.ndarray]:
