@@ -379,7 +379,9 @@ def report(s, args, rows_run, times, peaks, flops: float, matmul: dict[str, floa
                 "packing": row.pack,
                 "subset_sd": row.subset_sd,
                 "fused_head_loss": row.fused,
-                "compiled": (s["compile_backend"] + (" per block" if row.per_block else "")) if row.compiled else None,
+                "compiled": (s["compile_backend"] + (" per block" if row.per_block else ""))
+                if row.compiled
+                else None,
                 "packed_attention": row.attention if row.pack else None,
                 "precision": precision,
                 "s_per_step": dt,

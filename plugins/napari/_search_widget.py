@@ -57,7 +57,9 @@ class SearchWidget(WorkerWidget):
         # 0: as the store was embedded (a cell store: the field around the cell up to 512 px, measured to
         # find the clicked cell; a field / tile store: a 64 px window)
         self.crop = SpinBox(label="query window (px, 0: auto)", value=0, min=0, max=4096, step=8)
-        self.crop.native.setToolTip("0: as the store was embedded (cells: up to 512 px of context; fields: 64 px)")
+        self.crop.native.setToolTip(
+            "0: as the store was embedded (cells: up to 512 px of context; fields: 64 px)"
+        )
         self.find_btn = PushButton(text="Find similar")
         self.table = Table(value={c: [] for c in COLUMNS})
         self.extend([self.store, self.model, self.image, self.channel_axis, self.points, self.new_points,
