@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ._utils import check_finite, dtype_max, to_float
+from ._utils import check_finite, dtype_max, rand, randn, to_float
 from .channels import check_channels
 from .config import AugmentConfig
 from .draws import (
@@ -26,10 +26,8 @@ from .draws import (
     draw_boxes,
     draw_factors,
     draw_gaussian_noise,
-    normal,
     symmetry_parts,
     symmetry_table,
-    uniform,
 )
 from .intensity import gaussian_blur
 from .multicrop import MultiCrop
@@ -135,7 +133,7 @@ class BatchedMultiCrop:
         if w.numel() != c:
             raise ValueError(f"channel weights have {w.numel()} entries but the image has {c} channels")
         cum = torch.cumsum(w, 0) / w.sum()
-        return torch.searchsorted(cum, uniform(g, dev, b)).clamp(max=c - 1)
+        return torch.searchsorted(cum, rand((b,), g, dev)).clamp(max=c - 1)
 
     def _crop_set(self, xf, n, size, scale, blur_p, cidx, g) -> torch.Tensor:
         b, c, h, w = xf.shape
@@ -215,7 +213,7 @@ class BatchedMultiCrop:
         geo = self.recipe.geometry
         if geo.dihedral:
             return torch.randint(8, (n,), generator=g, device=dev)
-        u = uniform(g, dev, n, 2)
+        u = rand((n, 2), g, dev)
         return (u[:, 0] < geo.p_horizontal_flip).long() + 2 * (u[:, 1] < geo.p_vertical_flip).long()
 
     def _parts(self, dev: torch.device) -> torch.Tensor:
@@ -249,10 +247,8 @@ class BatchedMultiCrop:
             y = (y - mean) * f + mean
         gam = ints.gamma
         if gam.p > 0:
-            on = (uniform(g, dev, n) < gam.p)[:, None, None, None]
-            e = torch.exp(
-                between(math.log(gam.range[0]), math.log(gam.range[1]), uniform(g, dev, n, 1, 1, 1))
-            )
+            on = (rand((n,), g, dev) < gam.p)[:, None, None, None]
+            e = torch.exp(between(math.log(gam.range[0]), math.log(gam.range[1]), rand((n, 1, 1, 1), g, dev)))
             y = torch.where(on, y.clamp(min=0.0).pow(e), y)
         return y
 
@@ -265,8 +261,8 @@ class BatchedMultiCrop:
         if not bool((p > 0).any()):
             return y
         n = y.shape[0]
-        on = uniform(g, y.device, n) < p
-        sigma = between(cfg.sigma[0], cfg.sigma[1], uniform(g, y.device, n))
+        on = rand((n,), g, y.device) < p
+        sigma = between(cfg.sigma[0], cfg.sigma[1], rand((n,), g, y.device))
         if not bool(on.any()):
             return y
         idx = on.nonzero().flatten()
@@ -282,12 +278,12 @@ class BatchedMultiCrop:
         dev = y.device
         pn = ints.poisson_noise
         if pn.p > 0:
-            on = (uniform(g, dev, n) < pn.p)[:, None, None, None]
+            on = (rand((n,), g, dev) < pn.p)[:, None, None, None]
             lo, hi = math.log(pn.photons[0]), math.log(pn.photons[1])
-            k = torch.exp(between(lo, hi, uniform(g, dev, n, 1, 1, 1)))
-            s = between(*pn.read_sigma, uniform(g, dev, n, 1, 1, 1))
+            k = torch.exp(between(lo, hi, rand((n, 1, 1, 1), g, dev)))
+            s = between(*pn.read_sigma, rand((n, 1, 1, 1), g, dev))
             shot = torch.poisson(y.clamp(min=0.0) * k, generator=g) / k
-            y = torch.where(on, shot + s * normal(g, dev, *y.shape), y)
+            y = torch.where(on, shot + s * randn(tuple(y.shape), g, dev), y)
         noise = draw_gaussian_noise(ints.gaussian_noise, g, dev, tuple(y.shape))
         if noise is not None:
             idx, eps = noise
@@ -303,8 +299,8 @@ class BatchedMultiCrop:
             return y
         n, c = y.shape[:2]
         dev = y.device
-        on = uniform(g, dev, n) < ch.rescale_p
-        f = between(*ch.rescale_range, uniform(g, dev, n))
+        on = rand((n,), g, dev) < ch.rescale_p
+        f = between(*ch.rescale_range, rand((n,), g, dev))
         if cid is None:
             check_channels(ch.protected, c, "channels.protected")
             sel = torch.zeros(n, c, dtype=torch.bool, device=dev)
@@ -322,7 +318,7 @@ class BatchedMultiCrop:
         if ch.drop_p <= 0 or not candidates:
             return y
         dev = y.device
-        u = uniform(g, dev, n, 2)
+        u = rand((n, 2), g, dev)
         pick = (u[:, 1] * len(candidates)).long().clamp(max=len(candidates) - 1)
         col = torch.tensor(candidates, device=dev)[pick]
         hit = (u[:, 0] < ch.drop_p)[:, None] & (torch.arange(c, device=dev)[None, :] == col[:, None])

@@ -8,13 +8,7 @@ import math
 
 import torch
 
-
-def uniform(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
-    return torch.rand(shape, generator=g, device=dev)
-
-
-def normal(g: torch.Generator | None, dev: torch.device, *shape: int) -> torch.Tensor:
-    return torch.randn(shape, generator=g, device=dev)
+from ._utils import rand, randn
 
 
 def between(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
@@ -33,7 +27,7 @@ def draw_boxes(
 ) -> torch.Tensor:
     """(n, 4) long boxes (top, left, h, w), each drawn as `sample_crop_box` draws one: the first of
     `attempts` (area, aspect) draws that fits, else the largest centred box with a clamped aspect."""
-    u = uniform(generator, device, n, attempts, 4)
+    u = rand((n, attempts, 4), generator, device)
     target = height * width * between(scale[0], scale[1], u[..., 0])
     aspect = torch.exp(between(math.log(ratio[0]), math.log(ratio[1]), u[..., 1]))
     w = torch.round(torch.sqrt(target * aspect))
@@ -86,8 +80,8 @@ def symmetry_parts(dihedral: bool) -> torch.Tensor:
 def draw_factors(cfg, g: torch.Generator | None, dev: torch.device, n: int, c: int) -> torch.Tensor:
     """(n, c, 1, 1) brightness / contrast factors: 1 where crop i's coin (p) says no, else
     1 + std * N(0, 1) per channel, clamped at the minimum (one draw order for both intensity paths)."""
-    on = (uniform(g, dev, n) < cfg.p)[:, None, None, None]
-    f = (1.0 + cfg.std * normal(g, dev, n, c, 1, 1)).clamp(min=cfg.minimum)
+    on = (rand((n,), g, dev) < cfg.p)[:, None, None, None]
+    f = (1.0 + cfg.std * randn((n, c, 1, 1), g, dev)).clamp(min=cfg.minimum)
     return torch.where(on, f, torch.ones_like(f))
 
 
@@ -99,9 +93,9 @@ def draw_gaussian_noise(
     if gn.p <= 0:
         return None
     n = shape[0]
-    on = uniform(g, dev, n) < gn.p
-    sigma = between(*gn.sigma, uniform(g, dev, n))
+    on = rand((n,), g, dev) < gn.p
+    sigma = between(*gn.sigma, rand((n,), g, dev))
     idx = on.nonzero().flatten()
     if not idx.numel():
         return None
-    return idx, sigma[idx, None, None, None] * normal(g, dev, idx.numel(), *shape[1:])
+    return idx, sigma[idx, None, None, None] * randn((idx.numel(), *shape[1:]), g, dev)
