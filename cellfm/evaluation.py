@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ssl.probe import normalise_image, patch_probe
+from .transforms import dihedral_views
 
 TRAIN_SLICES = tuple(range(12, 48, 4))  # z-slices the probe is fitted on
 TEST_SLICES = tuple(range(14, 50, 4))  # z-slices it is scored on (interleaved, never the same)
@@ -104,9 +105,7 @@ def cls_embeddings(
     x = torch.from_numpy(np.stack([crops[i] for i in ids]).astype(np.float32))[:, None]
     if rotate:
         x = torch.rot90(x, 1, dims=(-2, -1))
-    views = [x]
-    if tta:
-        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
+    views = dihedral_views(x) if tta else [x]
     emb = torch.stack([backbone.forward_features(v)["x_norm_clstoken"].float() for v in views]).mean(0)
     return dict(zip(ids, emb.numpy()))
 

@@ -25,6 +25,7 @@ from .config import (
 )
 from .geometry import (
     RandomResizedCrop,
+    dihedral_views,
     elastic_warp,
     random_dihedral,
     random_flip,
@@ -78,6 +79,7 @@ __all__ = [
     "elastic_warp",
     "gaussian_blur",
     "load_augment_config",
+    "dihedral_views",
     "random_dihedral",
     "random_flip",
     "resized_crop",

@@ -110,6 +110,12 @@ def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -
     return _per_sample(x, choice.to(x.device), ops)
 
 
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rot90 / flip symmetries of the last two (square) axes of `x`, the identity first: rot90 by
+    0-3 quarter turns of `x`, then of `x` mirrored left-right (test-time averaging over the group)."""
+    return [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
+
+
 def _gen_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cellfm.transforms import dihedral_views
+
 log = logging.getLogger(__name__)
 _CACHE: dict[tuple[str, int], nn.Module] = {}
 
@@ -141,9 +143,9 @@ class Encoder:
         with self._autocast():
             out = self._forward(x)
             cls = out["x_norm_clstoken"].float()
-            if self.cls_tta:
-                views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
-                cls = torch.stack([self._forward(v)["x_norm_clstoken"].float() for v in views]).mean(0)
+            if self.cls_tta:  # the identity view is the forward above; the other 7 symmetries run now
+                others = [self._forward(v)["x_norm_clstoken"].float() for v in dihedral_views(x)[1:]]
+                cls = torch.stack([cls, *others]).mean(0)
         p = self.patch_size
         gh, gw = -(-x.shape[-2] // p), -(-x.shape[-1] // p)
         cls = cls.cpu()
