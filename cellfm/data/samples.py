@@ -89,8 +89,6 @@ def otsu_objects(img: np.ndarray, min_size: int = 40) -> np.ndarray:
 
 def object_labels(name: str, img: np.ndarray) -> np.ndarray:
     """Labels for a training image: stardist's own mask for its image, Otsu objects otherwise."""
-    if name == "stardist_nuclei_3d_mosaic":
-        return otsu_objects(img)
     if name == "stardist_nuclei":
         from stardist.data import test_image_nuclei_2d
 
