@@ -52,6 +52,10 @@ class HeadConfig:
 class DinoConfig:
     loss_weight: float = 1.0
     koleo_loss_weight: float = 0.1
+    # Pull the student's CLS of each image's first global crop to the teacher's CLS averaged over
+    # that crop's 8 rot90 / flip views (ssl/invariance_loss.py); 0 = off, as in DINOv2. Costs one
+    # extra teacher forward of 7 x B global crops per step.
+    cls_invariance_weight: float = 0.0
     head: HeadConfig = field(default_factory=HeadConfig)
 
 

@@ -35,6 +35,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.num_workers": (0, None, True, True),
     "dino.loss_weight": (0, None, True, True),
     "dino.koleo_loss_weight": (0, None, True, True),
+    "dino.cls_invariance_weight": (0, None, True, True),
     "ibot.loss_weight": (0, None, True, True),
     "augment.crops.global_crops_size": (1, None, True, True),
     "augment.crops.local_crops_size": (1, None, True, True),

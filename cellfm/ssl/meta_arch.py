@@ -19,6 +19,7 @@ from .config import SSLConfig
 from .dino_loss import DINOLoss, pair_terms
 from .heads import DINOHead
 from .ibot_loss import iBOTPatchLoss, masks_weight
+from .invariance_loss import DihedralInvarianceLoss, dihedral_mean_cls
 from .koleo_loss import KoLeoLoss
 from .prototype_loss import SoftTargets
 
@@ -59,6 +60,7 @@ class SSLMetaArch(nn.Module):
         ibot_k = cfg.ibot.head.n_prototypes if cfg.ibot.separate_head else cfg.dino.head.n_prototypes
         self.ibot_loss = iBOTPatchLoss(ibot_k)
         self.koleo_loss = KoLeoLoss()
+        self.invariance_loss = DihedralInvarianceLoss()
         # What the step calls: the student modules, or their DDP wrappers (set by the trainer).
         self.runners: dict[str, nn.Module] = dict(self.student.items())
 
@@ -98,7 +100,7 @@ class SSLMetaArch(nn.Module):
             if len(idx)
             else None
         )
-        return dino_t, ibot_t
+        return dino_t, ibot_t, cls
 
     def forward_backward(
         self, batch: dict, teacher_temp: float, scaler: torch.amp.GradScaler | None = None
@@ -115,7 +117,7 @@ class SSLMetaArch(nn.Module):
         idx, weight = _masked_tokens(batch, masks, self.student_masking)
         autocast = self._autocast(glob.device)
         with autocast:
-            dino_t, ibot_t = self._teacher_targets(glob, masks, idx, teacher_temp)
+            dino_t, ibot_t, teacher_cls = self._teacher_targets(glob, masks, idx, teacher_temp)
             backbone = self.runners["backbone"]
             pack = cfg.train.pack_crops if cfg.train.pack_crops is not None else glob.is_cuda
             if n_local:  # one call per step (DDP / FSDP hooks), packed or not
@@ -143,6 +145,13 @@ class SSLMetaArch(nn.Module):
         dino = dino_global + dino_local
         koleo = sum(self.koleo_loss(c) for c in g_cls.chunk(n_global)) * cfg.dino.koleo_loss_weight
         loss = head_loss + koleo
+        invariance = None
+        if cfg.dino.cls_invariance_weight > 0:
+            first = glob[: glob.shape[0] // n_global]  # crop-major: each image's first global crop
+            with autocast:
+                target = dihedral_mean_cls(self.teacher["backbone"], first, teacher_cls[: len(first)])
+            invariance = self.invariance_loss(g_cls[: len(first)], target)
+            loss = loss + cfg.dino.cls_invariance_weight * invariance
         # No finiteness check here: it would stall the step on a host sync. The trainer checks the
         # logged losses after the step (`check_finite`) and stops before any checkpoint is written.
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -158,6 +167,7 @@ class SSLMetaArch(nn.Module):
             "dino_local_loss": dino_local.detach(),
             "ibot_loss": ibot.detach(),
             "koleo_loss": koleo.detach(),
+            **({"cls_invariance_loss": invariance.detach()} if invariance is not None else {}),
             "teacher_entropy": entropy,
             "feature_std": feature_std,
         }
