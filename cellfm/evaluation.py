@@ -216,13 +216,18 @@ def evaluate_heldout(
     return result
 
 
+def _random_cell(scores: dict[str, float]) -> str:
+    """The random-init column: blank when the baseline was not run (`cellfm eval --no-random`)."""
+    return f"{scores['random_init']:.3f}" if "random_init" in scores else ""
+
+
 def format_evaluation(res: dict[str, Any]) -> str:
     p, r = res["patch_probe_f1"], res["retrieval_top1"]
     lines = [
         "| held-out nuclei.tif | model | random init | raw pixels |",
         "|---|---|---|---|",
-        f"| patch linear-probe F1 | {p['model']:.3f} | {p.get('random_init', float('nan')):.3f} | {p['raw_pixels']:.3f} |",
-        f"| same-nucleus retrieval top-1 (z -> z+3) | {r['model']:.3f} | {r.get('random_init', float('nan')):.3f} | {r['raw_pixels']:.3f} |",
+        f"| patch linear-probe F1 | {p['model']:.3f} | {_random_cell(p)} | {p['raw_pixels']:.3f} |",
+        f"| same-nucleus retrieval top-1 (z -> z+3) | {r['model']:.3f} | {_random_cell(r)} | {r['raw_pixels']:.3f} |",
         f"| ... query rotated 90 degrees | {r['model_rotated90']:.3f} | | {r['raw_pixels_rotated90']:.3f} |",
     ]
     c = res.get("cls_retrieval_top1")
@@ -230,7 +235,7 @@ def format_evaluation(res: dict[str, Any]) -> str:
         crop = c.get("crop", CLS_CROP)
         lines += [
             f"| same-nucleus retrieval, CLS of a {crop} px crop (z -> z+3) | {c['model']:.3f} | "
-            f"{c.get('random_init', float('nan')):.3f} | {c['raw_pixels']:.3f} |",
+            f"{_random_cell(c)} | {c['raw_pixels']:.3f} |",
             f"| ... query crop rotated 90 degrees | {c['model_rotated90']:.3f} | | {c['raw_pixels_rotated90']:.3f} |",
         ]
         if "model_tta8" in c:

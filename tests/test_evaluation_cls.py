@@ -79,3 +79,15 @@ def test_encoder_cls_tta_is_invariant_and_keeps_patches():
         torch.testing.assert_close(tta(y)[0], cls, atol=1e-4, rtol=1e-4)
         assert (plain(y)[0] - plain(x)[0]).abs().max() > 1e-3
     torch.testing.assert_close(patches, plain(x)[1])
+
+
+def test_table_leaves_the_random_column_blank_without_the_baseline():
+    from cellfm.evaluation import format_evaluation
+
+    scores = {"model": 0.9, "raw_pixels": 0.7, "model_rotated90": 0.5, "raw_pixels_rotated90": 0.1}
+    res = {"patch_probe_f1": {"model": 0.94, "raw_pixels": 0.73}, "retrieval_top1": dict(scores)}
+    res["cls_retrieval_top1"] = dict(scores)
+    table = format_evaluation(res)  # as `cellfm eval --no-random` prints it
+    assert "nan" not in table and "| 0.940 |  | 0.730 |" in table
+    res["patch_probe_f1"]["random_init"] = 0.85
+    assert "| 0.940 | 0.850 | 0.730 |" in format_evaluation(res)
