@@ -63,6 +63,20 @@ def batches(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def single_runs(batches, tmp_path_factory):
+    """The uninterrupted one-process run of each mode, computed once for every test that compares
+    against it (each is a fresh Python process)."""
+    runs: dict[str, dict] = {}
+
+    def get(mode: str) -> dict:
+        if mode not in runs:
+            runs[mode] = _run(batches, tmp_path_factory.mktemp(f"single_{mode}") / "state.pt", 1, mode)
+        return runs[mode]
+
+    return get
+
+
 def _run(batches: Path, out: Path, nproc: int, mode: str, phase: str = "all", extra: str = "") -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     if nproc == 1:
@@ -96,10 +110,10 @@ def _moved(start: dict, end: dict) -> float:
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_match_one(batches, tmp_path, mode):
+def test_two_processes_match_one(batches, single_runs, tmp_path, mode):
     """Student weights, teacher weights and AdamW moments after several steps at lr 1e-3: two
     processes with half the batch each end where one process with the whole batch ends."""
-    single = _run(batches, tmp_path / "one" / "state.pt", 1, mode)
+    single = single_runs(mode)
     double = _run(batches, tmp_path / "two" / "state.pt", 2, mode)
     assert min(single["lr"]) > 0 and len(single["loss"]) == N_STEPS
     assert single["loss"] == pytest.approx(double["loss"], rel=1e-4)
@@ -124,12 +138,14 @@ def test_two_processes_match_one(batches, tmp_path, mode):
         ("ddp", 1, 2, "auto"),
     ],
 )
-def test_checkpoint_resumes_on_another_number_of_processes(batches, tmp_path, mode, first, rest, fmt):
+def test_checkpoint_resumes_on_another_number_of_processes(
+    batches, single_runs, tmp_path, mode, first, rest, fmt
+):
     """A checkpoint written by `first` processes resumes on `rest` processes and ends where an
     uninterrupted single process ends; the exports of a sharded run are complete. Several
     processes write sharded checkpoints (DCP); one process a full-state checkpoint.pt (the old
     format, still resumed) unless asked for shards."""
-    single = _run(batches, tmp_path / "one" / "state.pt", 1, mode)
+    single = single_runs(mode)
     run_dir = tmp_path / "split"
     _run(batches, run_dir / "first.pt", first, mode, "first", f"train.checkpoint_format={fmt}")
     sharded = fmt == "sharded" or first > 1
