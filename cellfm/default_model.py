@@ -1,7 +1,8 @@
 """The default cellfm model shipped inside the package (cellfm/weights/).
 
 A ViT-tiny (192 wide, 6 blocks, patch 8, 1 channel) pretrained by cellfm's own engine on the offline
-sample images (configs/default_model.yaml); see docs/model_card.md. `cellfm.load_backbone()` with no
+sample images (configs/default_model.yaml, then configs/default_model_cls_invariance.yaml); see
+docs/model_card.md. `cellfm.load_backbone()` with no
 argument returns it.
 """
 

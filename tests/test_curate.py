@@ -66,11 +66,15 @@ def test_kept_cluster_sizes_are_flatter(curated):
     _, out, table = curated
     stats = ad.read_h5ad(out / "curation.h5ad").uns["curation"]
     print(f"normalised entropy before {stats['entropy_before']:.3f} after {stats['entropy_after']:.3f}")
-    assert stats["entropy_after"] > stats["entropy_before"] + 0.02
+    # The report's numbers: leaf clusters of every QC-passing row vs the weighted kept rows.
+    assert stats["entropy_after"] > stats["entropy_before"]
+    # Balanced sampling water-fills the budget over the top clusters (then within each over its
+    # children), so the top level is what it makes flat; leaf clusters flatten only as far as that allows.
     kept = table[table["keep"]]
-    before = np.bincount(kept["cluster"])
-    after = np.bincount(kept["cluster"], weights=kept["weight"])
-    assert normalised_entropy(after) > normalised_entropy(before)
+    before = np.bincount(kept["cluster_top"])
+    after = np.bincount(kept["cluster_top"], weights=kept["weight"])
+    assert after == pytest.approx(water_fill(before, after.sum()))
+    assert normalised_entropy(after) > normalised_entropy(before) + 0.02, (before, after)
 
 
 def test_outputs_are_complete(curated):
@@ -118,7 +122,9 @@ def test_crop_dataset_reads_only_kept_fields(curated, monkeypatch):
     assert {im.source for im in ds.images} == set(table.loc[table["keep"], "source"])
     seen = [meta["source"] for _, meta in ds]
     assert len(seen) == 64 and not set(seen) & dropped
-    assert not {k: v for k, v in ds.counters.items() if v}
+    # Nothing failed to read; a kept field whose crops all have too little foreground for the sampler
+    # (a sparse nuclei view) is skipped by design and counted as background.
+    assert not {k: v for k, v in ds.counters.items() if v and k != "background_fields"}
 
 
 def test_pretrain_with_curation_records_its_sha256(curated, tmp_path):

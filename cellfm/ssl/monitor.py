@@ -96,7 +96,7 @@ def plot_loss_curve(metrics_path: Path, out_png: Path) -> Path | None:
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "cls_invariance_loss"):
-        values = [r.get(key, 0.0) for r in rows]
+        values = [r.get(key, math.nan) for r in rows]  # a term a run did not log leaves a gap, not 0
         if any(math.isfinite(v) and v != 0 for v in values):
             ax.plot(steps, values, label=key, lw=1.2)
     ax.set_xlabel("step")
