@@ -28,3 +28,12 @@ def dinov2_vits():
             f"(scripts/setup.sh does this) [{err}]"
         )
     return vision_transformer
+
+
+@pytest.fixture(scope="session")
+def cell_store(tmp_path_factory):
+    """A cell-level store of a real nuclei image (tests/cell_store.py), embedded once for every test
+    that searches it: (store .h5ad, image, mask, AnnData)."""
+    from tests.cell_store import write_cell_store
+
+    return write_cell_store(tmp_path_factory.mktemp("cells"))

@@ -112,13 +112,13 @@ def test_find_similar_bad_input_gives_clear_messages(make_napari_viewer, qtbot, 
     assert widget._montage is None and [lyr.name for lyr in viewer.layers] == ["field", "query points"]
 
 
-def test_find_similar_on_a_cell_store_finds_the_clicked_nucleus(make_napari_viewer, qtbot, tmp_path):
+def test_find_similar_on_a_cell_store_finds_the_clicked_nucleus(make_napari_viewer, qtbot, cell_store):
     """A cell store: the widget's default window (0: auto) embeds the store's cell context around the
     click, so a rotated copy of the field with its Labels layer finds the clicked nucleus first, with a
     higher score than through a 64 px window (the widget's old default)."""
-    from tests.cell_store import centroid, write_cell_store
+    from tests.cell_store import centroid
 
-    store, img, mask, adata = write_cell_store(tmp_path)
+    store, img, mask, adata = cell_store
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.rot90(img).copy(), name="rotated field")
     rot_mask = np.rot90(mask).copy()

@@ -7,12 +7,9 @@ import numpy as np
 import pytest
 
 from cellfm.curate import search
-from tests.cell_store import centroid, write_cell_store
+from tests.cell_store import centroid
 
-
-@pytest.fixture(scope="module")
-def cell_store(tmp_path_factory):
-    return write_cell_store(tmp_path_factory.mktemp("cells"))
+# `cell_store`: the session fixture in conftest.py (shared with the napari search widget's test).
 
 
 def test_a_rotated_field_finds_the_clicked_cell_first(cell_store):
